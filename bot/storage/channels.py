@@ -1,0 +1,73 @@
+"""Per-channel chat settings: which persona is active, how it replies, where the scene starts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.storage.models import ChannelSettings, Persona, utcnow
+
+
+async def get_channel(session: AsyncSession, channel_id: int) -> ChannelSettings | None:
+    return await session.get(ChannelSettings, channel_id)
+
+
+async def ensure_channel(session: AsyncSession, guild_id: int, channel_id: int) -> ChannelSettings:
+    row = await session.get(ChannelSettings, channel_id)
+    if row is None:
+        row = ChannelSettings(channel_id=channel_id, guild_id=guild_id)
+        session.add(row)
+        await session.flush()
+    return row
+
+
+async def active_persona(session: AsyncSession, channel_id: int) -> tuple[ChannelSettings, Persona] | None:
+    """The channel's settings and active persona, or None when no persona is active there."""
+    row = await session.get(ChannelSettings, channel_id)
+    if row is None or row.persona_id is None:
+        return None
+    persona = await session.get(Persona, row.persona_id)
+    if persona is None:
+        return None
+    return row, persona
+
+
+async def set_active_persona(
+    session: AsyncSession, guild_id: int, channel_id: int, persona_id: int | None, *, scene_start: int | None = None
+) -> ChannelSettings:
+    """Switch the channel's persona; a switch starts a new scene (older messages leave the prompt)."""
+    row = await ensure_channel(session, guild_id, channel_id)
+    if row.persona_id != persona_id:
+        row.persona_id = persona_id
+        row.greeting_index = 0
+        start_scene(row, scene_start)
+    await session.flush()
+    return row
+
+
+def start_scene(row: ChannelSettings, last_message_id: int | None, when: datetime | None = None) -> None:
+    row.scene_start_message_id = last_message_id
+    row.scene_started_at = when or utcnow()
+
+
+async def update_channel(session: AsyncSession, guild_id: int, channel_id: int, **values: Any) -> ChannelSettings:
+    row = await ensure_channel(session, guild_id, channel_id)
+    for key, value in values.items():
+        if not hasattr(ChannelSettings, key):
+            raise AttributeError(f"channel settings have no field {key!r}")
+        setattr(row, key, value)
+    await session.flush()
+    return row
+
+
+async def channels_with_persona(
+    session: AsyncSession, guild_ids: Sequence[int] | None = None
+) -> Sequence[ChannelSettings]:
+    stmt = select(ChannelSettings).where(ChannelSettings.persona_id.is_not(None))
+    if guild_ids is not None:
+        stmt = stmt.where(ChannelSettings.guild_id.in_(list(guild_ids)))
+    return (await session.scalars(stmt)).all()

@@ -1,0 +1,51 @@
+"""Generation records: who asked, what came out, the swipes kept, how long it took."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.storage.models import Generation, GenerationStatus, utcnow
+
+
+async def create_generation(session: AsyncSession, **fields: Any) -> Generation:
+    gen = Generation(**fields)
+    session.add(gen)
+    await session.flush()
+    return gen
+
+
+async def get_generation(session: AsyncSession, generation_id: int) -> Generation | None:
+    return await session.get(Generation, generation_id)
+
+
+async def by_reply_message(session: AsyncSession, message_id: int) -> Generation | None:
+    """The generation that produced a Discord message (any part of a split reply)."""
+    gen = (await session.scalars(select(Generation).where(Generation.reply_message_id == message_id))).first()
+    if gen is not None:
+        return gen
+    # Split replies: later parts live only in the JSON list; look at the channel's recent generations.
+    return None
+
+
+async def latest_in_channel(session: AsyncSession, channel_id: int) -> Generation | None:
+    stmt = select(Generation).where(Generation.channel_id == channel_id).order_by(Generation.id.desc()).limit(1)
+    return (await session.scalars(stmt)).first()
+
+
+async def unfinished(session: AsyncSession) -> Sequence[Generation]:
+    stmt = select(Generation).where(Generation.status.in_([GenerationStatus.QUEUED, GenerationStatus.RUNNING]))
+    return (await session.scalars(stmt)).all()
+
+
+async def fail_unfinished(session: AsyncSession, reason: str = "interrupted by a restart") -> int:
+    """Mark replies left running by a crash as failed, so nothing is left dangling."""
+    result = await session.execute(
+        update(Generation)
+        .where(Generation.status.in_([GenerationStatus.QUEUED, GenerationStatus.RUNNING]))
+        .values(status=GenerationStatus.FAILED, error=reason, finished_at=utcnow())
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

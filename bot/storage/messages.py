@@ -1,0 +1,141 @@
+"""The message store: what was said in channels with an active persona, kept in sync with Discord."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.storage.models import MessageKind, StoredMessage, utcnow
+
+
+@dataclass(slots=True)
+class MessageRecord:
+    """A message as the store receives it (built by the Discord layer, or by tests)."""
+
+    id: int
+    guild_id: int
+    channel_id: int
+    author_id: int
+    author_name: str
+    kind: MessageKind
+    content: str
+    created_at: datetime
+    parent_channel_id: int | None = None
+    persona_id: int | None = None
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    reply_to_id: int | None = None
+    edited_at: datetime | None = None
+
+
+def _insert_for(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    return pg_insert if dialect == "postgresql" else sqlite_insert
+
+
+async def save_messages(session: AsyncSession, records: Sequence[MessageRecord]) -> None:
+    """Insert or update messages by id (idempotent: a backfill may see messages already stored)."""
+    if not records:
+        return
+    insert = _insert_for(session)
+    rows = [
+        {
+            "id": r.id,
+            "guild_id": r.guild_id,
+            "channel_id": r.channel_id,
+            "parent_channel_id": r.parent_channel_id,
+            "author_id": r.author_id,
+            "author_name": r.author_name[:100],
+            "kind": r.kind,
+            "persona_id": r.persona_id,
+            "content": r.content,
+            "attachments": r.attachments,
+            "reply_to_id": r.reply_to_id,
+            "created_at": r.created_at,
+            "edited_at": r.edited_at,
+        }
+        for r in records
+    ]
+    stmt = insert(StoredMessage).values(rows)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[StoredMessage.id],
+        set_={
+            "content": stmt.excluded.content,
+            "attachments": stmt.excluded.attachments,
+            "author_name": stmt.excluded.author_name,
+            "edited_at": stmt.excluded.edited_at,
+            "persona_id": stmt.excluded.persona_id,
+        },
+    )
+    await session.execute(stmt)
+
+
+async def save_message(session: AsyncSession, record: MessageRecord) -> None:
+    await save_messages(session, [record])
+
+
+async def edit_message(session: AsyncSession, message_id: int, content: str, edited_at: datetime | None = None) -> bool:
+    """Apply an edit; False when the message is not stored."""
+    result = await session.execute(
+        update(StoredMessage)
+        .where(StoredMessage.id == message_id)
+        .values(content=content, edited_at=edited_at or utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_messages(session: AsyncSession, message_ids: Sequence[int]) -> int:
+    if not message_ids:
+        return 0
+    result = await session.execute(delete(StoredMessage).where(StoredMessage.id.in_(list(message_ids))))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def get_message(session: AsyncSession, message_id: int) -> StoredMessage | None:
+    return await session.get(StoredMessage, message_id)
+
+
+async def latest_messages(
+    session: AsyncSession,
+    channel_id: int,
+    *,
+    limit: int = 200,
+    after_id: int | None = None,
+    before_id: int | None = None,
+) -> list[StoredMessage]:
+    """The newest ``limit`` messages of a channel (or thread), oldest first, after the scene start."""
+    stmt = select(StoredMessage).where(StoredMessage.channel_id == channel_id)
+    if after_id is not None:
+        stmt = stmt.where(StoredMessage.id > after_id)
+    if before_id is not None:
+        stmt = stmt.where(StoredMessage.id < before_id)
+    stmt = stmt.order_by(StoredMessage.id.desc()).limit(limit)
+    rows = list((await session.scalars(stmt)).all())
+    rows.reverse()
+    return rows
+
+
+async def newest_message_id(session: AsyncSession, channel_id: int) -> int | None:
+    stmt = select(func.max(StoredMessage.id)).where(StoredMessage.channel_id == channel_id)
+    value = await session.scalar(stmt)
+    return int(value) if value is not None else None
+
+
+async def forget_user(session: AsyncSession, user_id: int, guild_id: int | None = None) -> int:
+    """Delete a user's stored messages, in one guild or everywhere. Returns how many were deleted."""
+    stmt = delete(StoredMessage).where(StoredMessage.author_id == user_id)
+    if guild_id is not None:
+        stmt = stmt.where(StoredMessage.guild_id == guild_id)
+    result = await session.execute(stmt)
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def purge_older_than(session: AsyncSession, cutoff: datetime) -> int:
+    result = await session.execute(delete(StoredMessage).where(StoredMessage.created_at < cutoff))
+    return int(result.rowcount)  # type: ignore[attr-defined]

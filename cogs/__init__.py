@@ -1,0 +1,1 @@
+"""Discord cogs: each turns Discord events and commands into calls on the core in ``bot``."""

@@ -1,0 +1,1 @@
+"""Alembic migrations for rpbot's database (run with `rpbot migrate`)."""
