@@ -66,6 +66,7 @@ class RPBot(commands.AutoShardedBot):
         engine: Engine | None = None,
         extensions: tuple[str, ...] = EXTENSIONS,
         identify_delay: float = 5.0,
+        start_generation: bool = True,
         **options: Any,
     ) -> None:
         apply_discord_urls(settings)
@@ -89,10 +90,12 @@ class RPBot(commands.AutoShardedBot):
         self.extensions_to_load = extensions
         self.failed_extensions: dict[str, str] = {}
         self.identify_delay = identify_delay
+        self.start_generation = start_generation
         self.shutting_down = asyncio.Event()
 
     async def setup_hook(self) -> None:
-        await self._start_generation()
+        if self.start_generation:
+            await self._start_generation()
         for name in self.extensions_to_load:
             try:
                 await self.load_extension(name)
