@@ -1,0 +1,1 @@
+"""Moderation logic: output filters with bounded matching time."""
