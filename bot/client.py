@@ -11,6 +11,7 @@ import yarl
 from discord.ext import commands
 
 from bot.config import Settings
+from bot.ops.metrics import BotMetrics
 from bot.storage import Database
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class RPBot(commands.AutoShardedBot):
         self.identify_delay = identify_delay
         self.start_generation = start_generation
         self.shutting_down = asyncio.Event()
+        self.metrics = BotMetrics()
 
     async def setup_hook(self) -> None:
         if self.start_generation:
@@ -124,6 +126,7 @@ class RPBot(commands.AutoShardedBot):
             timeout=self.settings.request_timeout_seconds,
         )
         await self.queue.start()
+        self.metrics.attach_queue(self.queue)
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         # Discord allows one IDENTIFY per 5 s per bucket; tests and single-shard installs need no wait.

@@ -71,3 +71,7 @@ async def channels_with_persona(
     if guild_ids is not None:
         stmt = stmt.where(ChannelSettings.guild_id.in_(list(guild_ids)))
     return (await session.scalars(stmt)).all()
+
+
+async def channels_with_webhook(session: AsyncSession) -> Sequence[ChannelSettings]:
+    return (await session.scalars(select(ChannelSettings).where(ChannelSettings.webhook_id.is_not(None)))).all()

@@ -1,0 +1,826 @@
+"""Personas answer in channels: store what is said, decide when to reply, stream the reply as the persona."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import commands
+
+from bot.chat.names import mentions_name
+from bot.chat.ratelimit import SlidingWindowLimiter
+from bot.generation.base import EngineError, GenerationRequest, PromptTooLong, SamplerError, SamplerParams
+from bot.generation.queue import (
+    GenerationJob,
+    QueueFull,
+    RequestCancelled,
+    RequestReplaced,
+    RequestTimedOut,
+)
+from bot.moderation.filters import OutputFilterSet
+from bot.prompt import EmptyReply, PersonaSpec, PromptBuilder, PromptError, clean_reply, is_out_of_character
+from bot.storage import channels as channel_repo
+from bot.storage import generations as gen_repo
+from bot.storage import guilds as guild_repo
+from bot.storage import messages as msg_repo
+from bot.storage import moderation as mod_repo
+from bot.storage.messages import MessageRecord
+from bot.storage.models import ChannelSettings, GenerationStatus, MessageKind, Persona, ReplyMode, utcnow
+from cogs._buttons import ReplyButton, reply_view, retry_view
+from cogs._streaming import ReplyWriter
+from cogs._webhooks import NO_MENTIONS, PersonaPoster, Posted, Speaker
+
+if TYPE_CHECKING:
+    from bot.client import RPBot
+
+log = logging.getLogger(__name__)
+
+HISTORY_LIMIT = 400  # stored messages read per prompt; the builder trims to the token budget
+BACKFILL_LIMIT = 50
+ALWAYS_MODE_DEBOUNCE = 1.5  # seconds of quiet before replying to a burst in "always" mode
+QUEUE_NOTICE_AFTER = 2.0  # seconds waiting before the queue position is shown
+NAME_CACHE_SIZE = 10_000
+TRIGGER_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+
+
+class UserFacingError(Exception):
+    """An error whose message can be shown to a Discord user as is."""
+
+
+@dataclass(slots=True)
+class ActiveChannel:
+    """What the chat needs to know about a channel with an active persona (a cached snapshot)."""
+
+    settings_channel_id: int  # the channel whose settings apply (a thread's parent when it has none of its own)
+    guild_id: int
+    settings: ChannelSettings
+    persona: Persona
+
+
+@dataclass(slots=True)
+class GuildPolicy:
+    paused: bool = False
+    nsfw_only: bool = True
+    ratelimit_count: int = 6
+    ratelimit_seconds: int = 60
+    blocked: set[int] = field(default_factory=set)
+    filters: OutputFilterSet = field(default_factory=OutputFilterSet)
+
+
+class FilteredOutput(Exception):
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        super().__init__(pattern)
+
+
+class ChatCog(commands.Cog):
+    def __init__(self, bot: RPBot) -> None:
+        self.bot = bot
+        self.poster = PersonaPoster(bot)
+        self.limiter = SlidingWindowLimiter()
+        self._builder: PromptBuilder | None = None
+        self._active: dict[int, ActiveChannel | None] = {}
+        self._policies: dict[int, GuildPolicy] = {}
+        self._names: OrderedDict[int, str] = OrderedDict()
+        self._debounce: dict[int, asyncio.Task[None]] = {}
+        self._running: dict[int, asyncio.Task[None]] = {}  # channel id -> reply task
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._accepting = True
+        self._backfilled = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(ReplyButton)
+        await self.poster.load_known_webhooks()
+        async with self.bot.db.session() as session:
+            failed = await gen_repo.fail_unfinished(session)
+        if failed:
+            log.warning("marked %d replies interrupted by the last shutdown as failed", failed)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(ReplyButton)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking triggers, let running replies finish within ``grace`` seconds, then cancel the rest."""
+        self._accepting = False
+        for task in self._debounce.values():
+            task.cancel()
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            log.info("waiting up to %.0fs for %d replies to finish", grace, len(pending))
+            _done, still = await asyncio.wait(pending, timeout=grace)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5)
+
+    def _spawn(self, coro: Any, *, channel_id: int | None = None) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @property
+    def builder(self) -> PromptBuilder:
+        if self._builder is None:
+            engine = self.bot.engine
+            if engine is None:
+                raise UserFacingError("The model is not loaded.")
+            self._builder = PromptBuilder(engine, engine.context_tokens, self.bot.settings.max_new_tokens)
+        return self._builder
+
+    # ---- caches (other cogs call the invalidate_* methods after changing settings) ----------------------------
+
+    def invalidate_channel(self, channel_id: int | None = None) -> None:
+        if channel_id is None:
+            self._active.clear()
+        else:
+            # A thread caches its parent's settings, so drop every entry that points at this channel too.
+            for key in [k for k, v in self._active.items() if k == channel_id or (v and v.settings_channel_id == channel_id)]:
+                self._active.pop(key, None)
+
+    def invalidate_persona(self, persona_id: int) -> None:
+        for key in [k for k, v in self._active.items() if v is None or v.persona.id == persona_id]:
+            self._active.pop(key, None)
+
+    def invalidate_guild(self, guild_id: int) -> None:
+        self._policies.pop(guild_id, None)
+        for key in [k for k, v in self._active.items() if v is None or v.guild_id == guild_id]:
+            self._active.pop(key, None)
+
+    async def active_channel(self, channel: discord.abc.GuildChannel | discord.Thread) -> ActiveChannel | None:
+        if channel.id in self._active:
+            return self._active[channel.id]
+        found: ActiveChannel | None = None
+        async with self.bot.db.session() as session:
+            candidates = [channel.id]
+            if isinstance(channel, discord.Thread) and channel.parent_id:
+                candidates.append(channel.parent_id)
+            for cid in candidates:
+                active = await channel_repo.active_persona(session, cid)
+                if active is not None:
+                    found = ActiveChannel(cid, channel.guild.id, active[0], active[1])
+                    break
+        self._active[channel.id] = found
+        return found
+
+    async def policy(self, guild_id: int) -> GuildPolicy:
+        cached = self._policies.get(guild_id)
+        if cached is not None:
+            return cached
+        async with self.bot.db.session() as session:
+            g = await guild_repo.get_guild(session, guild_id)
+            blocked = {b.user_id for b in await mod_repo.blocked_users(session, guild_id)}
+            filters = [(f.pattern, f.is_regex) for f in await mod_repo.list_filters(session, guild_id)]
+            policy = GuildPolicy(
+                paused=g.paused,
+                nsfw_only=g.nsfw_only,
+                ratelimit_count=g.ratelimit_count,
+                ratelimit_seconds=g.ratelimit_seconds,
+                blocked=blocked,
+                filters=OutputFilterSet.from_rows(filters),
+            )
+        self._policies[guild_id] = policy
+        return policy
+
+    # ---- message store sync -------------------------------------------------------------------------------------
+
+    def _remember_name(self, user_id: int, name: str) -> None:
+        self._names[user_id] = name
+        self._names.move_to_end(user_id)
+        while len(self._names) > NAME_CACHE_SIZE:
+            self._names.popitem(last=False)
+
+    def _record(self, message: discord.Message, kind: MessageKind, persona_id: int | None = None) -> MessageRecord:
+        notes: list[dict[str, Any]] = []
+        for att in message.attachments:
+            ctype = att.content_type or ""
+            notes.append({"kind": "image" if ctype.startswith("image/") else "file", "name": att.filename})
+        for sticker in message.stickers:
+            notes.append({"kind": "sticker", "name": sticker.name})
+        channel = message.channel
+        parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
+        ref = message.reference.message_id if message.reference else None
+        return MessageRecord(
+            id=message.id,
+            guild_id=message.guild.id if message.guild else 0,
+            channel_id=channel.id,
+            parent_channel_id=parent_id,
+            author_id=message.author.id,
+            author_name=message.author.display_name,
+            kind=kind,
+            persona_id=persona_id,
+            content=message.content,
+            attachments=notes,
+            reply_to_id=ref,
+            created_at=message.created_at,
+            edited_at=message.edited_at,
+        )
+
+    def _kind_of(self, message: discord.Message) -> MessageKind:
+        if message.webhook_id is not None or message.author.bot:
+            return MessageKind.BOT
+        return MessageKind.HUMAN
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        if self._backfilled:
+            return
+        self._backfilled = True
+        self._spawn(self._backfill_all())
+
+    async def _backfill_all(self) -> None:
+        guild_ids = [g.id for g in self.bot.guilds]
+        async with self.bot.db.session() as session:
+            rows = await channel_repo.channels_with_persona(session, guild_ids)
+        for row in rows:
+            channel = self.bot.get_channel(row.channel_id)
+            if isinstance(channel, discord.TextChannel | discord.Thread):
+                try:
+                    await self.backfill(channel)
+                except discord.HTTPException as exc:
+                    log.warning("could not backfill channel %s: %s", row.channel_id, exc)
+
+    async def backfill(self, channel: discord.TextChannel | discord.Thread, limit: int = BACKFILL_LIMIT) -> int:
+        """Store what was said while the bot was away (or before a persona was activated). Returns how many."""
+        async with self.bot.db.session() as session:
+            newest = await msg_repo.newest_message_id(session, channel.id)
+        after = discord.Object(newest) if newest else None
+        records: list[MessageRecord] = []
+        async for message in channel.history(limit=limit, after=after, oldest_first=after is not None):
+            if message.author.id == self.bot.user.id or self.poster.is_own_webhook(message.webhook_id):
+                continue  # our own replies are stored when sent
+            if message.type not in TRIGGER_TYPES:
+                continue
+            records.append(self._record(message, self._kind_of(message)))
+            self._remember_name(message.author.id, message.author.display_name)
+        if records:
+            async with self.bot.db.session() as session:
+                await msg_repo.save_messages(session, records)
+        return len(records)
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if message.guild is None or not self._accepting:
+            return  # DMs have no personas
+        if message.author.id == self.bot.user.id or self.poster.is_own_webhook(message.webhook_id):
+            return
+        if message.type not in TRIGGER_TYPES:
+            return
+        channel = message.channel
+        if not isinstance(channel, discord.TextChannel | discord.Thread):
+            return
+        active = await self.active_channel(channel)
+        if active is None:
+            return
+        kind = self._kind_of(message)
+        self._remember_name(message.author.id, message.author.display_name)
+        for user in message.mentions:
+            self._remember_name(user.id, user.display_name)
+        async with self.bot.db.session() as session:
+            await msg_repo.save_message(session, self._record(message, kind))
+        if kind is MessageKind.HUMAN:
+            await self._maybe_reply(message, channel, active)
+
+    async def _maybe_reply(
+        self, message: discord.Message, channel: discord.TextChannel | discord.Thread, active: ActiveChannel
+    ) -> None:
+        policy = await self.policy(active.guild_id)
+        if policy.paused or message.author.id in policy.blocked:
+            return
+        if is_out_of_character(message.content):
+            return
+        mode = active.settings.reply_mode
+        if mode is ReplyMode.MENTION and not self._addressed(message, active):
+            return
+        if policy.nsfw_only and not channel.is_nsfw():
+            return
+        if not self.limiter.hit(active.guild_id, message.author.id, policy.ratelimit_count, policy.ratelimit_seconds):
+            try:
+                await message.add_reaction("⏰")
+            except discord.HTTPException:
+                pass
+            return
+        if mode is ReplyMode.ALWAYS:
+            old = self._debounce.pop(channel.id, None)
+            if old is not None:
+                old.cancel()
+            self._debounce[channel.id] = self._spawn(self._debounced(channel, message))
+        else:
+            self._spawn(self.reply_to(channel, message))
+
+    def _addressed(self, message: discord.Message, active: ActiveChannel) -> bool:
+        if self.bot.user in message.mentions:
+            return True
+        ref = message.reference
+        if ref is not None and isinstance(ref.resolved, discord.Message):
+            if self.poster.is_own_webhook(ref.resolved.webhook_id) or ref.resolved.author.id == self.bot.user.id:
+                return True
+        persona = active.persona
+        return mentions_name(message.content, persona.name) or bool(
+            persona.nickname and mentions_name(message.content, persona.nickname)
+        )
+
+    async def _debounced(self, channel: discord.TextChannel | discord.Thread, message: discord.Message) -> None:
+        await asyncio.sleep(ALWAYS_MODE_DEBOUNCE)
+        if self._debounce.get(channel.id) is asyncio.current_task():
+            del self._debounce[channel.id]
+        await self.reply_to(channel, message)
+
+    @commands.Cog.listener()
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        content = payload.data.get("content")
+        if content is None:
+            return
+        edited = payload.data.get("edited_timestamp")
+        when = datetime.fromisoformat(edited) if edited else utcnow()
+        async with self.bot.db.session() as session:
+            stored = await msg_repo.get_message(session, payload.message_id)
+            if stored is None or stored.kind is MessageKind.PERSONA:
+                return  # our own replies are stored by us, with clean text
+            await msg_repo.edit_message(session, payload.message_id, content, when)
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        await self._deleted([payload.message_id])
+
+    @commands.Cog.listener()
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        await self._deleted(list(payload.message_ids))
+
+    async def _deleted(self, ids: list[int]) -> None:
+        queue = self.bot.queue
+        if queue is not None:
+            for mid in ids:
+                queue.cancel_trigger(mid)
+        async with self.bot.db.session() as session:
+            await msg_repo.delete_messages(session, ids)
+
+    # ---- replying ------------------------------------------------------------------------------------------------
+
+    def _speaker(self, persona: Persona) -> Speaker:
+        return Speaker(persona.id, persona.nickname or persona.name, persona.avatar)
+
+    def _mentions(self, guild: discord.Guild, persona: Persona) -> dict[str, dict[int, str]]:
+        users = dict(self._names)
+        if self.bot.user is not None:
+            users[self.bot.user.id] = persona.nickname or persona.name
+        return {
+            "users": users,
+            "channels": {c.id: c.name for c in guild.channels},
+            "roles": {r.id: r.name for r in guild.roles},
+        }
+
+    async def _history(self, channel_id: int, active: ActiveChannel, before_id: int | None = None) -> list[Any]:
+        async with self.bot.db.session() as session:
+            return await msg_repo.latest_messages(
+                session,
+                channel_id,
+                limit=HISTORY_LIMIT,
+                after_id=active.settings.scene_start_message_id,
+                before_id=before_id,
+            )
+
+    def _sampler(self, active: ActiveChannel) -> tuple[SamplerParams, int]:
+        overrides = dict(active.settings.sampler or {})
+        max_new = int(overrides.pop("max_new_tokens", self.bot.settings.max_new_tokens))
+        try:
+            params = SamplerParams().with_overrides(overrides)
+        except SamplerError as exc:
+            log.warning("ignoring bad sampler overrides in channel %s: %s", active.settings_channel_id, exc)
+            params = SamplerParams()
+        return params, max_new
+
+    async def reply_to(self, channel: discord.TextChannel | discord.Thread, trigger: discord.Message) -> None:
+        """Generate and post a new persona reply to ``trigger``."""
+        active = await self.active_channel(channel)
+        if active is None or not self._accepting:
+            return
+        async with self.bot.db.session() as session:
+            previous = await gen_repo.latest_in_channel(session, channel.id)
+            gen = await gen_repo.create_generation(
+                session,
+                guild_id=active.guild_id,
+                channel_id=channel.id,
+                trigger_message_id=trigger.id,
+                user_id=trigger.author.id,
+                persona_id=active.persona.id,
+            )
+        writer = ReplyWriter(self.poster, channel, self._speaker(active.persona), interval=self.bot.settings.stream_edit_interval)
+        text = await self._produce(
+            channel, active, gen.id, writer, user_name=trigger.author.display_name, trigger_id=trigger.id
+        )
+        if text is None:
+            return
+        async with self.bot.db.session() as session:
+            row = await gen_repo.get_generation(session, gen.id)
+            if row is not None:
+                row.alternatives = [text]
+                row.selected_index = 0
+        posted = await writer.finish(text, reply_view(gen.id, 0, 1))
+        await self._store_reply(gen.id, active, channel, posted, writer, text)
+        if previous is not None and previous.reply_message_ids:
+            await self._strip_buttons(channel, previous.id)
+
+    async def _produce(
+        self,
+        channel: discord.TextChannel | discord.Thread,
+        active: ActiveChannel,
+        gen_id: int,
+        writer: ReplyWriter,
+        *,
+        user_name: str,
+        trigger_id: int | None,
+        before_id: int | None = None,
+        continue_text: str | None = None,
+    ) -> str | None:
+        """Run one generation (with one retry for an empty or filtered reply); None when no text was produced."""
+        policy = await self.policy(active.guild_id)
+        last_error = ""
+        for attempt in range(2):
+            try:
+                return await self._generate_once(
+                    channel, active, gen_id, writer, user_name=user_name, trigger_id=trigger_id,
+                    before_id=before_id, continue_text=continue_text, policy=policy,
+                )
+            except (EmptyReply, FilteredOutput) as exc:
+                last_error = "filtered" if isinstance(exc, FilteredOutput) else "empty"
+                log.info("reply attempt %d in channel %s was %s; retrying", attempt + 1, channel.id, last_error)
+                continue
+            except (RequestReplaced, RequestCancelled) as exc:
+                status = GenerationStatus.CANCELLED
+                await self._finish_generation(gen_id, status, reason=type(exc).__name__)
+                if isinstance(exc, RequestCancelled) and writer.posted_any:
+                    await writer.delete_all()
+                return None
+            except Exception as exc:  # every other failure becomes a notice, never a traceback
+                await self._fail(channel, active, gen_id, writer, exc)
+                return None
+        notice = (
+            "*(This reply was withheld by this server's output filters.)*"
+            if last_error == "filtered"
+            else "*(The model gave an empty reply twice. Press Try again.)*"
+        )
+        await self._finish_generation(gen_id, GenerationStatus.FAILED, reason=last_error)
+        await writer.finish(notice, retry_view(gen_id))
+        return None
+
+    async def _generate_once(
+        self,
+        channel: discord.TextChannel | discord.Thread,
+        active: ActiveChannel,
+        gen_id: int,
+        writer: ReplyWriter,
+        *,
+        user_name: str,
+        trigger_id: int | None,
+        before_id: int | None,
+        continue_text: str | None,
+        policy: GuildPolicy,
+    ) -> str:
+        queue = self.bot.queue
+        if queue is None:
+            raise UserFacingError("The model is not loaded.")
+        persona = active.persona
+        history = await self._history(channel.id, active, before_id)
+        params, max_new = self._sampler(active)
+        built = self.builder.build(
+            PersonaSpec.from_row(persona),
+            history,
+            user_name=user_name,
+            persona_id=persona.id,
+            mentions=self._mentions(channel.guild, persona),
+            continue_text=continue_text,
+            max_new_tokens=max_new,
+        )
+        participants = sorted({m.author_name for m in history if m.kind is not MessageKind.PERSONA} | {user_name})
+        request = GenerationRequest(prompt=built.text, params=params, stop=built.stop, max_new_tokens=max_new)
+        job = GenerationJob(
+            request=request,
+            guild_id=active.guild_id,
+            channel_id=channel.id,
+            user_id=None,
+            trigger_message_id=trigger_id,
+            label=f"{persona.name} in #{getattr(channel, 'name', channel.id)}",
+        )
+        req = queue.submit(job)
+        async with self.bot.db.session() as session:
+            row = await gen_repo.get_generation(session, gen_id)
+            if row is not None:
+                row.sampler = {**params.as_dict(), "max_new_tokens": max_new}
+                row.prompt_tokens = built.prompt_tokens
+        prefix = continue_text or ""
+        raw = ""
+        started = time.monotonic()
+        first_chunk = asyncio.Event()
+
+        async def show_queue_position() -> None:
+            shown = 0
+            async with channel.typing():
+                while not first_chunk.is_set():
+                    pos = req.position
+                    if pos >= 2 and time.monotonic() - started >= QUEUE_NOTICE_AFTER and pos != shown and not prefix:
+                        shown = pos
+                        await writer.show(f"⏳ *#{pos} in queue…*", force=True)
+                    try:
+                        await asyncio.wait_for(first_chunk.wait(), timeout=1.0)
+                    except TimeoutError:
+                        pass
+
+        waiter = asyncio.create_task(show_queue_position())
+        try:
+            async for chunk in req.chunks():
+                first_chunk.set()
+                raw += chunk
+                try:
+                    visible = clean_reply(raw, persona.nickname or persona.name, participants)
+                except EmptyReply:
+                    continue
+                full = prefix + visible if prefix else visible
+                hit = policy.filters.first_hit(full) if policy.filters else None
+                if hit is not None:
+                    req.cancel()
+                    raise FilteredOutput(hit)
+                await writer.show(full)
+            result = await req.wait()
+        finally:
+            first_chunk.set()
+            waiter.cancel()
+            try:
+                await waiter
+            except (asyncio.CancelledError, discord.HTTPException):
+                pass
+            except Exception:
+                log.exception("typing indicator failed")
+        text = clean_reply(result.text, persona.nickname or persona.name, participants)
+        final = _join_continuation(prefix, text) if prefix else text
+        hit = policy.filters.first_hit(final) if policy.filters else None
+        if hit is not None:
+            raise FilteredOutput(hit)
+        async with self.bot.db.session() as session:
+            row = await gen_repo.get_generation(session, gen_id)
+            if row is not None:
+                row.status = GenerationStatus.DONE
+                row.finish_reason = result.finish_reason
+                row.prompt_tokens = result.prompt_tokens or built.prompt_tokens
+                row.completion_tokens = (row.completion_tokens or 0) + result.completion_tokens
+                row.first_token_seconds = result.time_to_first_token
+                row.finished_at = utcnow()
+        return final
+
+    async def _fail(
+        self,
+        channel: discord.TextChannel | discord.Thread,
+        active: ActiveChannel,
+        gen_id: int,
+        writer: ReplyWriter,
+        exc: BaseException,
+    ) -> None:
+        name = active.persona.nickname or active.persona.name
+        if isinstance(exc, QueueFull):
+            notice = f"*({name} is busy with many conversations right now. Try again in a minute.)*"
+        elif isinstance(exc, RequestTimedOut):
+            notice = f"*({name} took too long to answer. Press Try again.)*"
+        elif isinstance(exc, PromptTooLong | PromptError):
+            notice = f"*({name} cannot answer: {exc}. An admin can shorten the persona or raise the context.)*"
+        elif isinstance(exc, UserFacingError):
+            notice = f"*({name} cannot answer: {exc})*"
+        elif isinstance(exc, EngineError):
+            notice = f"*({name} could not answer because the model failed. Press Try again.)*"
+        else:
+            notice = f"*({name} could not answer because of an internal error. Press Try again.)*"
+        if isinstance(exc, EngineError | QueueFull | RequestTimedOut | PromptError | UserFacingError):
+            log.warning("reply in channel %s failed: %s: %s", channel.id, type(exc).__name__, exc)
+        else:
+            log.error("reply in channel %s failed unexpectedly", channel.id, exc_info=exc)
+        await self._finish_generation(gen_id, GenerationStatus.FAILED, reason=f"{type(exc).__name__}: {exc}"[:500])
+        try:
+            await writer.finish(notice, retry_view(gen_id))
+        except discord.HTTPException as send_exc:
+            log.warning("could not post the failure notice in channel %s: %s", channel.id, send_exc)
+
+    async def _finish_generation(self, gen_id: int, status: GenerationStatus, *, reason: str = "") -> None:
+        async with self.bot.db.session() as session:
+            row = await gen_repo.get_generation(session, gen_id)
+            if row is not None:
+                row.status = status
+                row.error = reason or None
+                row.finished_at = utcnow()
+
+    async def _store_reply(
+        self,
+        gen_id: int,
+        active: ActiveChannel,
+        channel: discord.TextChannel | discord.Thread,
+        posted: list[Posted],
+        writer: ReplyWriter,
+        text: str,
+    ) -> None:
+        """Record the reply's messages: in the generation, and in the store so later prompts see it."""
+        from bot.chat.splitting import split_message
+
+        parts = split_message(text)
+        now = datetime.now(UTC)
+        parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
+        records = [
+            MessageRecord(
+                id=p.id,
+                guild_id=active.guild_id,
+                channel_id=channel.id,
+                parent_channel_id=parent_id,
+                author_id=p.author_id,
+                author_name=active.persona.nickname or active.persona.name,
+                kind=MessageKind.PERSONA,
+                persona_id=active.persona.id,
+                content=part,
+                created_at=now,
+            )
+            for p, part in zip(posted, parts, strict=False)
+        ]
+        async with self.bot.db.session() as session:
+            row = await gen_repo.get_generation(session, gen_id)
+            if row is not None:
+                old_ids = [i for i in row.reply_message_ids if i not in {p.id for p in posted}]
+                await msg_repo.delete_messages(session, old_ids)
+                row.reply_message_ids = [p.id for p in posted]
+                row.reply_message_id = posted[0].id if posted else None
+                row.sampler = {**(row.sampler or {}), "via_webhook": all(p.via_webhook for p in posted)}
+            await msg_repo.save_messages(session, records)
+
+    async def _strip_buttons(self, channel: discord.TextChannel | discord.Thread, gen_id: int) -> None:
+        """Only the latest reply keeps its buttons."""
+        async with self.bot.db.session() as session:
+            row = await gen_repo.get_generation(session, gen_id)
+            if row is None or not row.reply_message_ids:
+                return
+            last_id = row.reply_message_ids[-1]
+            stored = await msg_repo.get_message(session, last_id)
+            persona = await session.get(Persona, row.persona_id) if row.persona_id else None
+        if stored is None or persona is None:
+            return
+        posted = Posted(last_id, channel.id, stored.author_id != self.bot.user.id, stored.author_id)
+        try:
+            await self.poster.edit(channel, posted, self._speaker(persona), stored.content, view=None)
+        except Exception as exc:
+            log.info("could not remove old buttons from %s: %s", last_id, exc)
+
+    # ---- buttons -----------------------------------------------------------------------------------------------
+
+    async def on_reply_button(self, interaction: discord.Interaction, action: str, gen_id: int) -> None:
+        try:
+            await self._handle_button(interaction, action, gen_id)
+        except UserFacingError as exc:
+            await _ephemeral(interaction, str(exc))
+
+    async def _handle_button(self, interaction: discord.Interaction, action: str, gen_id: int) -> None:
+        channel = interaction.channel
+        if interaction.guild is None or not isinstance(channel, discord.TextChannel | discord.Thread):
+            raise UserFacingError("These buttons only work in server channels.")
+        async with self.bot.db.session() as session:
+            gen = await gen_repo.get_generation(session, gen_id)
+            latest = await gen_repo.latest_in_channel(session, channel.id)
+        if gen is None or gen.channel_id != channel.id:
+            raise UserFacingError("That reply is no longer known to me.")
+        if action == "del":
+            return await self._delete_reply(interaction, channel, gen)
+        policy = await self.policy(interaction.guild.id)
+        if policy.paused:
+            raise UserFacingError("Personas are paused in this server.")
+        if interaction.user.id in policy.blocked:
+            raise UserFacingError("You cannot use personas in this server.")
+        if latest is None or latest.id != gen.id:
+            raise UserFacingError("Only the latest reply can be changed.")
+        active = await self.active_channel(channel)
+        if active is None or active.persona.id != gen.persona_id:
+            raise UserFacingError("The persona that wrote this reply is no longer active here.")
+        if channel.id in self._running and not self._running[channel.id].done():
+            raise UserFacingError("A reply is already being written here; wait for it to finish.")
+        await interaction.response.defer()
+        task = self._spawn(self._change_reply(channel, active, gen.id, action, interaction.user))
+        self._running[channel.id] = task
+
+    async def _change_reply(
+        self,
+        channel: discord.TextChannel | discord.Thread,
+        active: ActiveChannel,
+        gen_id: int,
+        action: str,
+        user: discord.abc.User,
+    ) -> None:
+        async with self.bot.db.session() as session:
+            gen = await gen_repo.get_generation(session, gen_id)
+            if gen is None:
+                return
+            stored = [await msg_repo.get_message(session, mid) for mid in gen.reply_message_ids]
+        parts = [
+            Posted(m.id, channel.id, m.author_id != self.bot.user.id, m.author_id) for m in stored if m is not None
+        ]
+        texts = [m.content for m in stored if m is not None]
+        writer = ReplyWriter(
+            self.poster, channel, self._speaker(active.persona),
+            interval=self.bot.settings.stream_edit_interval, parts=parts, texts=texts,
+        )
+        if not parts:
+            # A failed reply's notice: regenerate posts a fresh message.
+            writer = ReplyWriter(self.poster, channel, self._speaker(active.persona),
+                                 interval=self.bot.settings.stream_edit_interval)
+        alternatives = list(gen.alternatives)
+        index = gen.selected_index
+        if action in ("prev", "next"):
+            if not alternatives:
+                return
+            index = max(0, min(len(alternatives) - 1, index + (1 if action == "next" else -1)))
+            text = alternatives[index]
+        else:
+            first_reply_id = gen.reply_message_id
+            before = first_reply_id if first_reply_id else None
+            user_name = getattr(user, "display_name", user.name)
+            if action == "cont":
+                if not alternatives:
+                    return
+                current = alternatives[index]
+                produced = await self._produce(
+                    channel, active, gen_id, writer, user_name=user_name, trigger_id=gen.trigger_message_id,
+                    before_id=before, continue_text=current,
+                )
+                if produced is None:
+                    return
+                alternatives[index] = produced
+                text = produced
+            else:
+                produced = await self._produce(
+                    channel, active, gen_id, writer, user_name=user_name, trigger_id=gen.trigger_message_id,
+                    before_id=before,
+                )
+                if produced is None:
+                    return
+                alternatives.append(produced)
+                index = len(alternatives) - 1
+                text = produced
+        async with self.bot.db.session() as session:
+            row = await gen_repo.get_generation(session, gen_id)
+            if row is not None:
+                row.alternatives = alternatives
+                row.selected_index = index
+                if action in ("prev", "next"):
+                    row.status = GenerationStatus.DONE
+        posted = await writer.finish(text, reply_view(gen_id, index, len(alternatives)))
+        await self._store_reply(gen_id, active, channel, posted, writer, text)
+
+    async def _delete_reply(
+        self, interaction: discord.Interaction, channel: discord.TextChannel | discord.Thread, gen: Any
+    ) -> None:
+        member = interaction.user
+        allowed = member.id == gen.user_id or (
+            isinstance(member, discord.Member) and channel.permissions_for(member).manage_messages
+        )
+        if not allowed:
+            raise UserFacingError("Only the person who asked for this reply, or a moderator, can delete it.")
+        await interaction.response.defer()
+        async with self.bot.db.session() as session:
+            stored = [await msg_repo.get_message(session, mid) for mid in gen.reply_message_ids]
+        for m in stored:
+            if m is not None:
+                await self.poster.delete(channel, Posted(m.id, channel.id, m.author_id != self.bot.user.id, m.author_id))
+        if interaction.message is not None and interaction.message.id not in gen.reply_message_ids:
+            await self.poster.delete(
+                channel,
+                Posted(interaction.message.id, channel.id, interaction.message.webhook_id is not None,
+                       interaction.message.webhook_id or self.bot.user.id),
+            )
+        async with self.bot.db.session() as session:
+            await msg_repo.delete_messages(session, gen.reply_message_ids)
+            row = await gen_repo.get_generation(session, gen.id)
+            if row is not None:
+                row.reply_message_ids = []
+                row.reply_message_id = None
+            await mod_repo.audit(session, interaction.guild_id, member.id, "reply.delete", f"generation {gen.id}")
+
+
+def _join_continuation(prefix: str, addition: str) -> str:
+    if not addition:
+        return prefix
+    if prefix.endswith((" ", "\n")) or addition.startswith((" ", "\n", ",", ".", "!", "?", ";", ":")):
+        return prefix + addition
+    return prefix + " " + addition
+
+
+async def _ephemeral(interaction: discord.Interaction, text: str) -> None:
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    else:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+async def setup(bot: RPBot) -> None:
+    """Load the chat cog (discord.py extension entry point)."""
+    await bot.add_cog(ChatCog(bot))
