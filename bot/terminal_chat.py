@@ -101,7 +101,11 @@ async def reply_once(
     name = session.persona.display_name
     for _attempt in range(2):
         built = builder.build(
-            session.persona, session.history, user_name=session.user_name, persona_id=PERSONA_ID, conversation=CHANNEL_ID
+            session.persona,
+            session.history,
+            user_name=session.user_name,
+            persona_id=PERSONA_ID,
+            conversation=CHANNEL_ID,
         )
         request = GenerationRequest(
             prompt=built.text, params=SamplerParams(), stop=built.stop, max_new_tokens=settings.max_new_tokens
@@ -169,7 +173,11 @@ async def chat_loop(settings: Settings, persona: PersonaSpec, user: str, inp: Te
                     out.write(f"{persona.display_name}: {session.history[0].content}\n")
                 continue
             if line == "/regen":
-                if not session.history or session.history[-1].kind is not MessageKind.PERSONA or len(session.history) < 2:
+                if (
+                    not session.history
+                    or session.history[-1].kind is not MessageKind.PERSONA
+                    or len(session.history) < 2
+                ):
                     out.write("(nothing to regenerate yet)\n")
                     continue
                 session.history.pop()
@@ -189,8 +197,14 @@ async def chat_loop(settings: Settings, persona: PersonaSpec, user: str, inp: Te
 
 
 def run_terminal_chat(
-    settings: Settings, *, card: str | None, persona: str | None, guild: int | None, user: str,
-    inp: TextIO | None = None, out: TextIO | None = None,
+    settings: Settings,
+    *,
+    card: str | None,
+    persona: str | None,
+    guild: int | None,
+    user: str,
+    inp: TextIO | None = None,
+    out: TextIO | None = None,
 ) -> int:
     problems = settings.engine_problems()
     if problems:

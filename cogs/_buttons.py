@@ -25,13 +25,24 @@ def _cog(interaction: discord.Interaction) -> ChatCog:
 
 
 class ReplyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"rpbot:(?P<action>[a-z]+):(?P<gen>\d+)"):
-    def __init__(self, action: str, generation_id: int, *, label: str | None = None, emoji: str | None = None,
-                 style: discord.ButtonStyle = discord.ButtonStyle.secondary, disabled: bool = False) -> None:
+    def __init__(
+        self,
+        action: str,
+        generation_id: int,
+        *,
+        label: str | None = None,
+        emoji: str | None = None,
+        style: discord.ButtonStyle = discord.ButtonStyle.secondary,
+        disabled: bool = False,
+    ) -> None:
         self.action = action
         self.generation_id = generation_id
         super().__init__(
             discord.ui.Button(
-                label=label, emoji=emoji, style=style, disabled=disabled,
+                label=label,
+                emoji=emoji,
+                style=style,
+                disabled=disabled,
                 custom_id=f"rpbot:{action}:{generation_id}",
             )
         )

@@ -76,7 +76,7 @@ class ReplyWriter:
             del self.parts[len(texts) :]
             del self._texts[len(texts) :]
 
-    async def _edit(self, index: int, text: str, view: discord.ui.View | None | object, final: bool) -> None:
+    async def _edit(self, index: int, text: str, view: discord.ui.View | object | None, final: bool) -> None:
         posted = self.parts[index]
         try:
             if final and view is None:

@@ -109,7 +109,12 @@ class PersonaPoster:
             return None
         async with self.bot.db.session() as session:
             await channel_repo.update_channel(
-                session, parent.guild.id, parent.id, webhook_id=hook.id, webhook_token=hook.token, webhook_persona_id=None
+                session,
+                parent.guild.id,
+                parent.id,
+                webhook_id=hook.id,
+                webhook_token=hook.token,
+                webhook_persona_id=None,
             )
         self._webhook_persona[hook.id] = None
         log.info("created webhook %s in channel %s", hook.id, parent.id)
@@ -205,7 +210,7 @@ class PersonaPoster:
         speaker: Speaker,
         content: str,
         *,
-        view: discord.ui.View | None | object = discord.utils.MISSING,
+        view: discord.ui.View | object | None = discord.utils.MISSING,
     ) -> None:
         kwargs = {} if view is discord.utils.MISSING else {"view": view}
         if posted.via_webhook:

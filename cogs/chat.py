@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -11,11 +12,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import discord
-from discord.ext import commands
-
-from bot.chat.names import mentions_name
-from bot.chat.ratelimit import SlidingWindowLimiter
-from bot.generation.base import EngineError, GenerationRequest, PromptTooLong, SamplerError, SamplerParams
 from bot.generation.queue import (
     GenerationJob,
     QueueFull,
@@ -23,6 +19,11 @@ from bot.generation.queue import (
     RequestReplaced,
     RequestTimedOut,
 )
+from discord.ext import commands
+
+from bot.chat.names import mentions_name
+from bot.chat.ratelimit import SlidingWindowLimiter
+from bot.generation.base import EngineError, GenerationRequest, PromptTooLong, SamplerError, SamplerParams
 from bot.moderation.filters import OutputFilterSet
 from bot.prompt import EmptyReply, PersonaSpec, PromptBuilder, PromptError, clean_reply, is_out_of_character
 from bot.storage import channels as channel_repo
@@ -145,7 +146,9 @@ class ChatCog(commands.Cog):
             self._active.clear()
         else:
             # A thread caches its parent's settings, so drop every entry that points at this channel too.
-            for key in [k for k, v in self._active.items() if k == channel_id or (v and v.settings_channel_id == channel_id)]:
+            for key in [
+                k for k, v in self._active.items() if k == channel_id or (v and v.settings_channel_id == channel_id)
+            ]:
                 self._active.pop(key, None)
 
     def invalidate_persona(self, persona_id: int) -> None:
@@ -305,10 +308,8 @@ class ChatCog(commands.Cog):
         if policy.nsfw_only and not channel.is_nsfw():
             return
         if not self.limiter.hit(active.guild_id, message.author.id, policy.ratelimit_count, policy.ratelimit_seconds):
-            try:
+            with contextlib.suppress(discord.HTTPException):
                 await message.add_reaction("⏰")
-            except discord.HTTPException:
-                pass
             return
         if mode is ReplyMode.ALWAYS:
             old = self._debounce.pop(channel.id, None)
@@ -415,7 +416,9 @@ class ChatCog(commands.Cog):
                 user_id=trigger.author.id,
                 persona_id=active.persona.id,
             )
-        writer = ReplyWriter(self.poster, channel, self._speaker(active.persona), interval=self.bot.settings.stream_edit_interval)
+        writer = ReplyWriter(
+            self.poster, channel, self._speaker(active.persona), interval=self.bot.settings.stream_edit_interval
+        )
         text = await self._produce(
             channel, active, gen.id, writer, user_name=trigger.author.display_name, trigger_id=trigger.id
         )
@@ -449,8 +452,15 @@ class ChatCog(commands.Cog):
         for attempt in range(2):
             try:
                 return await self._generate_once(
-                    channel, active, gen_id, writer, user_name=user_name, trigger_id=trigger_id,
-                    before_id=before_id, continue_text=continue_text, policy=policy,
+                    channel,
+                    active,
+                    gen_id,
+                    writer,
+                    user_name=user_name,
+                    trigger_id=trigger_id,
+                    before_id=before_id,
+                    continue_text=continue_text,
+                    policy=policy,
                 )
             except (EmptyReply, FilteredOutput) as exc:
                 last_error = "filtered" if isinstance(exc, FilteredOutput) else "empty"
@@ -531,10 +541,8 @@ class ChatCog(commands.Cog):
                     if pos >= 2 and time.monotonic() - started >= QUEUE_NOTICE_AFTER and pos != shown and not prefix:
                         shown = pos
                         await writer.show(f"⏳ *#{pos} in queue…*", force=True)
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(first_chunk.wait(), timeout=1.0)
-                    except TimeoutError:
-                        pass
 
         waiter = asyncio.create_task(show_queue_position())
         try:
@@ -726,13 +734,18 @@ class ChatCog(commands.Cog):
         ]
         texts = [m.content for m in stored if m is not None]
         writer = ReplyWriter(
-            self.poster, channel, self._speaker(active.persona),
-            interval=self.bot.settings.stream_edit_interval, parts=parts, texts=texts,
+            self.poster,
+            channel,
+            self._speaker(active.persona),
+            interval=self.bot.settings.stream_edit_interval,
+            parts=parts,
+            texts=texts,
         )
         if not parts:
             # A failed reply's notice: regenerate posts a fresh message.
-            writer = ReplyWriter(self.poster, channel, self._speaker(active.persona),
-                                 interval=self.bot.settings.stream_edit_interval)
+            writer = ReplyWriter(
+                self.poster, channel, self._speaker(active.persona), interval=self.bot.settings.stream_edit_interval
+            )
         alternatives = list(gen.alternatives)
         index = gen.selected_index
         if action in ("prev", "next"):
@@ -749,8 +762,14 @@ class ChatCog(commands.Cog):
                     return
                 current = alternatives[index]
                 produced = await self._produce(
-                    channel, active, gen_id, writer, user_name=user_name, trigger_id=gen.trigger_message_id,
-                    before_id=before, continue_text=current,
+                    channel,
+                    active,
+                    gen_id,
+                    writer,
+                    user_name=user_name,
+                    trigger_id=gen.trigger_message_id,
+                    before_id=before,
+                    continue_text=current,
                 )
                 if produced is None:
                     return
@@ -758,7 +777,12 @@ class ChatCog(commands.Cog):
                 text = produced
             else:
                 produced = await self._produce(
-                    channel, active, gen_id, writer, user_name=user_name, trigger_id=gen.trigger_message_id,
+                    channel,
+                    active,
+                    gen_id,
+                    writer,
+                    user_name=user_name,
+                    trigger_id=gen.trigger_message_id,
                     before_id=before,
                 )
                 if produced is None:
@@ -790,12 +814,18 @@ class ChatCog(commands.Cog):
             stored = [await msg_repo.get_message(session, mid) for mid in gen.reply_message_ids]
         for m in stored:
             if m is not None:
-                await self.poster.delete(channel, Posted(m.id, channel.id, m.author_id != self.bot.user.id, m.author_id))
+                await self.poster.delete(
+                    channel, Posted(m.id, channel.id, m.author_id != self.bot.user.id, m.author_id)
+                )
         if interaction.message is not None and interaction.message.id not in gen.reply_message_ids:
             await self.poster.delete(
                 channel,
-                Posted(interaction.message.id, channel.id, interaction.message.webhook_id is not None,
-                       interaction.message.webhook_id or self.bot.user.id),
+                Posted(
+                    interaction.message.id,
+                    channel.id,
+                    interaction.message.webhook_id is not None,
+                    interaction.message.webhook_id or self.bot.user.id,
+                ),
             )
         async with self.bot.db.session() as session:
             await msg_repo.delete_messages(session, gen.reply_message_ids)

@@ -75,7 +75,7 @@ def describe(error: app_commands.AppCommandError) -> tuple[str, bool]:
     return "", True
 
 
-def _in(seconds: float):  # noqa: ANN202 - returns an aware datetime
+def _in(seconds: float):
     from datetime import UTC, datetime, timedelta
 
     return datetime.now(UTC) + timedelta(seconds=seconds)

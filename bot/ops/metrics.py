@@ -66,9 +66,7 @@ class BotMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._queue: GenerationQueue | None = None
         self.registry.register(_QueueCollector(lambda: self._queue))
-        self.replies = Counter(
-            "rpbot_replies", "Persona replies by outcome", ["outcome"], registry=self.registry
-        )
+        self.replies = Counter("rpbot_replies", "Persona replies by outcome", ["outcome"], registry=self.registry)
         self.time_to_first_token = Histogram(
             "rpbot_time_to_first_token_seconds",
             "Seconds from generation start to the first token",

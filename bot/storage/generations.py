@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import Generation, GenerationStatus, utcnow
 
+RECENT_SCAN = 1000
+
 
 async def create_generation(session: AsyncSession, **fields: Any) -> Generation:
     gen = Generation(**fields)
@@ -27,8 +29,9 @@ async def by_reply_message(session: AsyncSession, message_id: int) -> Generation
     gen = (await session.scalars(select(Generation).where(Generation.reply_message_id == message_id))).first()
     if gen is not None:
         return gen
-    # Split replies: later parts live only in the JSON list; look at the channel's recent generations.
-    return None
+    # Later parts of a split reply live only in the JSON id list: search the recent generations.
+    recent = (await session.scalars(select(Generation).order_by(Generation.id.desc()).limit(RECENT_SCAN))).all()
+    return next((g for g in recent if message_id in (g.reply_message_ids or [])), None)
 
 
 async def latest_in_channel(session: AsyncSession, channel_id: int) -> Generation | None:

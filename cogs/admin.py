@@ -1,0 +1,410 @@
+"""Moderation: /admin commands, /forget-me, the "Reply info" message command, and message retention."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands, tasks
+
+from bot.moderation.filters import MAX_FILTERS_PER_GUILD, FilterError, compile_filter
+from bot.storage import generations as gen_repo
+from bot.storage import guilds as guild_repo
+from bot.storage import messages as msg_repo
+from bot.storage import moderation as mod_repo
+from bot.storage.models import Persona
+from cogs._permissions import is_moderator, require_manage_guild
+from cogs.errors import CommandError, NotPermitted
+
+if TYPE_CHECKING:
+    from bot.client import RPBot
+    from cogs.chat import ChatCog
+
+log = logging.getLogger(__name__)
+
+MANAGE_GUILD = discord.Permissions(manage_guild=True)
+MANAGE_MESSAGES = discord.Permissions(manage_messages=True)
+NO_MENTIONS = discord.AllowedMentions.none()
+RETENTION_CHECK_HOURS = 1.0
+MAX_RATELIMIT_COUNT = 1000
+MAX_RATELIMIT_SECONDS = 86_400
+
+
+def _fmt_time(when: datetime | None) -> str:
+    if when is None:
+        return "?"
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return discord.utils.format_dt(when, "f")
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class AdminGroup(app_commands.Group, name="admin", description="Moderate personas in this server"):
+    filter = app_commands.Group(name="filter", description="Words or patterns withheld from persona replies")
+
+    def __init__(self, cog: AdminCog) -> None:
+        super().__init__()
+        self.cog = cog
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        require_manage_guild(interaction)  # Discord's default permissions can be changed by admins: check again
+        return True
+
+    @property
+    def bot(self) -> RPBot:
+        return self.cog.bot
+
+    async def _audit(self, interaction: discord.Interaction, action: str, target: str = "", **details: object) -> None:
+        async with self.bot.db.session() as session:
+            await mod_repo.audit(session, interaction.guild_id, interaction.user.id, action, target, **details)
+
+    def _changed(self, guild_id: int) -> None:
+        chat = self.cog.chat
+        if chat is not None:
+            chat.invalidate_guild(guild_id)
+
+    # -- users --
+
+    @app_commands.command(name="block", description="Personas ignore this user in this server")
+    @app_commands.describe(user="Who to block", reason="Why (shown in the audit log)")
+    async def block(self, interaction: discord.Interaction, user: discord.User, reason: str | None = None) -> None:
+        assert interaction.guild_id is not None
+        if user.bot:
+            raise CommandError("Bots are never answered anyway; block a person instead.")
+        async with self.bot.db.session() as session:
+            added = await mod_repo.block_user(session, interaction.guild_id, user.id, interaction.user.id, reason or "")
+        if not added:
+            raise CommandError(f"{user.mention} is already blocked.")
+        await self._audit(interaction, "admin.block", f"user {user.id}", reason=reason or "")
+        self._changed(interaction.guild_id)
+        await interaction.response.send_message(
+            f"Blocked {user.mention}: personas will ignore them here.", ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    @app_commands.command(name="unblock", description="Let a blocked user talk to personas again")
+    async def unblock(self, interaction: discord.Interaction, user: discord.User) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.db.session() as session:
+            removed = await mod_repo.unblock_user(session, interaction.guild_id, user.id)
+        if not removed:
+            raise CommandError(f"{user.mention} is not blocked.")
+        await self._audit(interaction, "admin.unblock", f"user {user.id}")
+        self._changed(interaction.guild_id)
+        await interaction.response.send_message(
+            f"Unblocked {user.mention}.", ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    @app_commands.command(name="blocklist", description="Users personas ignore in this server")
+    async def blocklist(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.db.session() as session:
+            rows = await mod_repo.blocked_users(session, interaction.guild_id)
+        if not rows:
+            text = "Nobody is blocked."
+        else:
+            lines = [
+                f"<@{r.user_id}> since {_fmt_time(r.created_at)}" + (f": {r.reason}" if r.reason else "")
+                for r in rows[:50]
+            ]
+            more = f"\n…and {len(rows) - 50} more" if len(rows) > 50 else ""
+            text = "**Blocked users**\n" + "\n".join(lines) + more
+        await interaction.response.send_message(text[:2000], ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @app_commands.command(name="forget", description="Delete everything a user said from the bot's memory here")
+    async def forget(self, interaction: discord.Interaction, user: discord.User) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.db.session() as session:
+            count = await msg_repo.forget_user(session, user.id, interaction.guild_id)
+            await mod_repo.audit(
+                session, interaction.guild_id, interaction.user.id, "admin.forget", f"user {user.id}", messages=count
+            )
+        await interaction.response.send_message(
+            f"Deleted {count} stored message(s) of {user.mention} in this server.",
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    # -- the whole guild --
+
+    @app_commands.command(name="pause", description="Stop all persona replies in this server")
+    async def pause(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.db.session() as session:
+            await guild_repo.update_guild(session, interaction.guild_id, paused=True)
+        cancelled = self.bot.queue.cancel_guild(interaction.guild_id) if self.bot.queue else 0
+        await self._audit(interaction, "admin.pause", cancelled=cancelled)
+        self._changed(interaction.guild_id)
+        await interaction.response.send_message(
+            f"Personas are paused in this server ({cancelled} queued or running replies cancelled). "
+            "Use /admin resume to let them talk again.",
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="resume", description="Let personas reply again in this server")
+    async def resume(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.db.session() as session:
+            await guild_repo.update_guild(session, interaction.guild_id, paused=False)
+        await self._audit(interaction, "admin.resume")
+        self._changed(interaction.guild_id)
+        await interaction.response.send_message("Personas may reply again in this server.", ephemeral=True)
+
+    @app_commands.command(name="ratelimit", description="Replies each user may get per time window")
+    @app_commands.describe(count="Replies per window (0 = no limit)", seconds="Window length in seconds")
+    async def ratelimit(
+        self,
+        interaction: discord.Interaction,
+        count: app_commands.Range[int, 0, MAX_RATELIMIT_COUNT],
+        seconds: app_commands.Range[int, 1, MAX_RATELIMIT_SECONDS],
+    ) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.db.session() as session:
+            await guild_repo.update_guild(
+                session, interaction.guild_id, ratelimit_count=count, ratelimit_seconds=seconds
+            )
+        await self._audit(interaction, "admin.ratelimit", count=count, seconds=seconds)
+        self._changed(interaction.guild_id)
+        text = "No reply limit per user." if count == 0 else f"Each user gets at most {count} replies per {seconds} s."
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="nsfw-only", description="Whether personas reply only in age-restricted channels")
+    async def nsfw_only(self, interaction: discord.Interaction, enabled: bool) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.db.session() as session:
+            await guild_repo.update_guild(session, interaction.guild_id, nsfw_only=enabled)
+        await self._audit(interaction, "admin.nsfw-only", enabled=enabled)
+        self._changed(interaction.guild_id)
+        text = (
+            "Personas reply only in age-restricted (NSFW) channels."
+            if enabled
+            else "Personas now reply in every channel where they are active. The model is not safety-tuned: "
+            "use output filters and keep an eye on it."
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="persona-role", description="A role that may manage personas (besides Manage Channels)")
+    @app_commands.describe(role="The role; leave empty to remove it")
+    async def persona_role(self, interaction: discord.Interaction, role: discord.Role | None = None) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.db.session() as session:
+            await guild_repo.update_guild(
+                session, interaction.guild_id, persona_manager_role_id=role.id if role else None
+            )
+        await self._audit(interaction, "admin.persona-role", f"role {role.id}" if role else "none")
+        text = (
+            f"Members with {role.mention} may now manage personas." if role else "The persona manager role is removed."
+        )
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    # -- generation --
+
+    @app_commands.command(name="queue", description="Replies queued and being written in this server")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None
+        queue = self.bot.queue
+        requests = queue.requests(interaction.guild_id) if queue else []
+        if not requests:
+            await interaction.response.send_message("Nothing is queued or running in this server.", ephemeral=True)
+            return
+        lines = []
+        for req in requests[:25]:
+            where = f"<#{req.job.channel_id}>"
+            state = "writing" if req.position == 0 else f"#{req.position} in queue"
+            who = f" for <@{req.job.user_id}>" if req.job.user_id else ""
+            lines.append(f"- {state}: {req.job.label or 'reply'} in {where}{who} ({req.waited_seconds:.0f}s)")
+        await interaction.response.send_message(
+            "**Generation queue**\n" + "\n".join(lines), ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    @app_commands.command(name="cancel", description="Cancel queued and running replies (in one channel or all)")
+    async def cancel(
+        self, interaction: discord.Interaction, channel: discord.TextChannel | discord.Thread | None = None
+    ) -> None:
+        assert interaction.guild_id is not None
+        queue = self.bot.queue
+        if queue is None:
+            count = 0
+        elif channel is not None:
+            count = queue.cancel_channel(channel.id)
+        else:
+            count = queue.cancel_guild(interaction.guild_id)
+        await self._audit(interaction, "admin.cancel", f"channel {channel.id}" if channel else "guild", cancelled=count)
+        where = channel.mention if channel else "this server"
+        await interaction.response.send_message(f"Cancelled {count} replies in {where}.", ephemeral=True)
+
+    @app_commands.command(name="audit", description="Recent admin and persona actions")
+    async def audit(self, interaction: discord.Interaction, limit: app_commands.Range[int, 1, 50] = 15) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.db.session() as session:
+            rows = await mod_repo.recent_audit(session, interaction.guild_id, limit)
+        if not rows:
+            await interaction.response.send_message("No actions recorded yet.", ephemeral=True)
+            return
+        lines = []
+        for row in rows:
+            details = ", ".join(f"{k}={v}" for k, v in (row.details or {}).items())
+            line = f"{_fmt_time(row.created_at)} <@{row.actor_id}> **{row.action}** {row.target}"
+            lines.append(line + (f" ({details})" if details else ""))
+        embed = discord.Embed(title="Audit log", description="\n".join(lines)[:4000])
+        await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    # -- output filters --
+
+    @filter.command(name="add", description="Withhold persona replies that contain a word or match a pattern")
+    @app_commands.describe(pattern="A word, or a regular expression with regex=True", regex="Treat it as a regex")
+    async def filter_add(
+        self, interaction: discord.Interaction, pattern: app_commands.Range[str, 1, 200], regex: bool = False
+    ) -> None:
+        assert interaction.guild_id is not None
+        try:
+            compiled = compile_filter(pattern, is_regex=regex)
+        except FilterError as exc:
+            raise CommandError(str(exc)) from None
+        async with self.bot.db.session() as session:
+            if len(await mod_repo.list_filters(session, interaction.guild_id)) >= MAX_FILTERS_PER_GUILD:
+                raise CommandError(f"A server can have at most {MAX_FILTERS_PER_GUILD} filters; remove one first.")
+            row = await mod_repo.add_filter(
+                session, interaction.guild_id, compiled.pattern, is_regex=regex, by=interaction.user.id
+            )
+            if row is None:
+                raise CommandError("That filter exists already.")
+            await mod_repo.audit(
+                session, interaction.guild_id, interaction.user.id, "admin.filter.add", compiled.pattern, regex=regex
+            )
+        self._changed(interaction.guild_id)
+        await interaction.response.send_message(
+            f"Added filter `{discord.utils.escape_markdown(compiled.pattern)}`.", ephemeral=True
+        )
+
+    @filter.command(name="remove", description="Remove an output filter")
+    async def filter_remove(self, interaction: discord.Interaction, pattern: str) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.db.session() as session:
+            removed = await mod_repo.remove_filter(session, interaction.guild_id, pattern.strip())
+            if not removed:
+                raise CommandError("No such filter; see /admin filter list.")
+            await mod_repo.audit(session, interaction.guild_id, interaction.user.id, "admin.filter.remove", pattern)
+        self._changed(interaction.guild_id)
+        await interaction.response.send_message("Filter removed.", ephemeral=True)
+
+    @filter_remove.autocomplete("pattern")
+    async def _filter_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None:
+            return []
+        async with self.bot.db.session() as session:
+            rows = await mod_repo.list_filters(session, interaction.guild_id)
+        return [
+            app_commands.Choice(name=r.pattern[:100], value=r.pattern[:100])
+            for r in rows
+            if current.lower() in r.pattern.lower()
+        ][:25]
+
+    @filter.command(name="list", description="Output filters of this server")
+    async def filter_list(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.db.session() as session:
+            rows = await mod_repo.list_filters(session, interaction.guild_id)
+        if not rows:
+            text = "No output filters."
+        else:
+            text = "**Output filters**\n" + "\n".join(
+                f"- `{discord.utils.escape_markdown(r.pattern)}`" + (" (regex)" if r.is_regex else "") for r in rows
+            )
+        await interaction.response.send_message(text[:2000], ephemeral=True)
+
+
+class AdminCog(commands.Cog):
+    def __init__(self, bot: RPBot) -> None:
+        self.bot = bot
+        self.group = AdminGroup(self)
+        self.reply_info_menu = app_commands.ContextMenu(name="Reply info", callback=self.reply_info)
+        self.reply_info_menu.guild_only = True
+        self.reply_info_menu.default_permissions = MANAGE_MESSAGES
+
+    @property
+    def chat(self) -> ChatCog | None:
+        return self.bot.get_cog("ChatCog")  # type: ignore[return-value]
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.group)
+        self.bot.tree.add_command(self.reply_info_menu)
+        if self.bot.settings.message_retention_days > 0:
+            self.retention.start()
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.group.name)
+        self.bot.tree.remove_command(self.reply_info_menu.name, type=self.reply_info_menu.type)
+        self.retention.cancel()
+
+    @app_commands.command(name="forget-me", description="Delete everything you said from the bot's memory")
+    async def forget_me(self, interaction: discord.Interaction) -> None:
+        async with self.bot.db.session() as session:
+            count = await msg_repo.forget_user(session, interaction.user.id)
+            await mod_repo.audit(
+                session,
+                interaction.guild_id,
+                interaction.user.id,
+                "forget-me",
+                f"user {interaction.user.id}",
+                messages=count,
+            )
+        await interaction.response.send_message(
+            f"Done: {count} stored message(s) of yours were deleted, in every server. Personas no longer remember "
+            "them.",
+            ephemeral=True,
+        )
+
+    async def reply_info(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        if interaction.guild is None:
+            raise CommandError("Reply info only works in a server.")
+        if not is_moderator(interaction):
+            raise NotPermitted("You need the Manage Messages permission for Reply info.")
+        async with self.bot.db.session() as session:
+            gen = await gen_repo.by_reply_message(session, message.id)
+            persona = await session.get(Persona, gen.persona_id) if gen and gen.persona_id else None
+        if gen is None or gen.guild_id != interaction.guild.id:
+            raise CommandError("That message is not a persona reply I know of.")
+        sampler = ", ".join(f"{k}={v}" for k, v in (gen.sampler or {}).items() if k != "via_webhook" and v is not None)
+        embed = discord.Embed(title="Reply info")
+        embed.add_field(name="Triggered by", value=f"<@{gen.user_id}> ({gen.user_id})" if gen.user_id else "unknown")
+        embed.add_field(name="Persona", value=persona.name if persona else "(deleted)")
+        embed.add_field(name="When", value=_fmt_time(gen.queued_at))
+        embed.add_field(name="Trigger message", value=str(gen.trigger_message_id or "-"))
+        embed.add_field(name="Tokens", value=f"prompt {gen.prompt_tokens or 0}, reply {gen.completion_tokens or 0}")
+        embed.add_field(name="Status", value=f"{gen.status.value} ({gen.finish_reason or '-'})")
+        embed.add_field(name="Swipes", value=f"{gen.selected_index + 1}/{max(1, len(gen.alternatives))}")
+        if sampler:
+            embed.add_field(name="Settings", value=sampler[:1000], inline=False)
+        async with self.bot.db.session() as session:
+            await mod_repo.audit(
+                session, interaction.guild.id, interaction.user.id, "reply-info", f"message {message.id}"
+            )
+        await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @tasks.loop(hours=RETENTION_CHECK_HOURS)
+    async def retention(self) -> None:
+        days = self.bot.settings.message_retention_days
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        try:
+            async with self.bot.db.session() as session:
+                purged = await msg_repo.purge_older_than(session, cutoff)
+                if purged:
+                    await mod_repo.audit(session, None, None, "retention.purge", f"{days} days", messages=purged)
+        except Exception:
+            log.exception("message retention purge failed; will retry")
+            return
+        if purged:
+            log.info("retention: deleted %d messages older than %d days", purged, days)
+
+    @retention.before_loop
+    async def _before_retention(self) -> None:
+        await asyncio.sleep(0)
+
+
+async def setup(bot: RPBot) -> None:
+    await bot.add_cog(AdminCog(bot))
