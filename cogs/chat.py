@@ -323,9 +323,11 @@ class ChatCog(commands.Cog):
         if self.bot.user in message.mentions:
             return True
         ref = message.reference
-        if ref is not None and isinstance(ref.resolved, discord.Message):
-            if self.poster.is_own_webhook(ref.resolved.webhook_id) or ref.resolved.author.id == self.bot.user.id:
-                return True
+        resolved = ref.resolved if ref is not None else None
+        if isinstance(resolved, discord.Message) and (
+            self.poster.is_own_webhook(resolved.webhook_id) or resolved.author.id == self.bot.user.id
+        ):
+            return True
         persona = active.persona
         return mentions_name(message.content, persona.name) or bool(
             persona.nickname and mentions_name(message.content, persona.nickname)
