@@ -19,13 +19,14 @@ from bot.generation.queue import (
     RequestReplaced,
     RequestTimedOut,
 )
+from bot.prompt.normalize import is_out_of_character
 from discord.ext import commands
 
 from bot.chat.names import mentions_name
 from bot.chat.ratelimit import SlidingWindowLimiter
 from bot.generation.base import EngineError, GenerationRequest, PromptTooLong, SamplerError, SamplerParams
 from bot.moderation.filters import OutputFilterSet
-from bot.prompt import EmptyReply, PersonaSpec, PromptBuilder, PromptError, clean_reply, is_out_of_character
+from bot.prompt import EmptyReply, PersonaSpec, PromptBuilder, PromptError, clean_reply
 from bot.storage import channels as channel_repo
 from bot.storage import generations as gen_repo
 from bot.storage import guilds as guild_repo
@@ -422,7 +423,13 @@ class ChatCog(commands.Cog):
             self.poster, channel, self._speaker(active.persona), interval=self.bot.settings.stream_edit_interval
         )
         text = await self._produce(
-            channel, active, gen.id, writer, user_name=trigger.author.display_name, trigger_id=trigger.id
+            channel,
+            active,
+            gen.id,
+            writer,
+            user_name=trigger.author.display_name,
+            trigger_id=trigger.id,
+            user_id=trigger.author.id,
         )
         if text is None:
             return
@@ -445,6 +452,7 @@ class ChatCog(commands.Cog):
         *,
         user_name: str,
         trigger_id: int | None,
+        user_id: int | None = None,
         before_id: int | None = None,
         continue_text: str | None = None,
     ) -> str | None:
@@ -460,6 +468,7 @@ class ChatCog(commands.Cog):
                     writer,
                     user_name=user_name,
                     trigger_id=trigger_id,
+                    user_id=user_id,
                     before_id=before_id,
                     continue_text=continue_text,
                     policy=policy,
@@ -495,6 +504,7 @@ class ChatCog(commands.Cog):
         *,
         user_name: str,
         trigger_id: int | None,
+        user_id: int | None,
         before_id: int | None,
         continue_text: str | None,
         policy: GuildPolicy,
@@ -512,6 +522,7 @@ class ChatCog(commands.Cog):
             persona_id=persona.id,
             mentions=self._mentions(channel.guild, persona),
             continue_text=continue_text,
+            conversation=channel.id,
             max_new_tokens=max_new,
         )
         participants = sorted({m.author_name for m in history if m.kind is not MessageKind.PERSONA} | {user_name})
@@ -520,7 +531,7 @@ class ChatCog(commands.Cog):
             request=request,
             guild_id=active.guild_id,
             channel_id=channel.id,
-            user_id=None,
+            user_id=user_id,
             trigger_message_id=trigger_id,
             label=f"{persona.name} in #{getattr(channel, 'name', channel.id)}",
         )
@@ -683,6 +694,41 @@ class ChatCog(commands.Cog):
         except Exception as exc:
             log.info("could not remove old buttons from %s: %s", last_id, exc)
 
+    async def post_greeting(
+        self, channel: discord.TextChannel | discord.Thread, persona: Persona, index: int, user_name: str
+    ) -> list[Posted]:
+        """Post the persona's greeting (``index`` 0 = the main one) and store it as the scene's first message."""
+        from bot.prompt.macros import expand_macros
+
+        from bot.chat.splitting import split_message
+
+        greetings = [g for g in (persona.greeting, *(persona.alternate_greetings or [])) if g.strip()]
+        if not greetings:
+            return []
+        name = persona.nickname or persona.name
+        text = expand_macros(greetings[index % len(greetings)], char=name, user=user_name)
+        posted = [await self.poster.send(channel, self._speaker(persona), part) for part in split_message(text)]
+        parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
+        now = datetime.now(UTC)
+        records = [
+            MessageRecord(
+                id=p.id,
+                guild_id=channel.guild.id,
+                channel_id=channel.id,
+                parent_channel_id=parent_id,
+                author_id=p.author_id,
+                author_name=name,
+                kind=MessageKind.PERSONA,
+                persona_id=persona.id,
+                content=part,
+                created_at=now,
+            )
+            for p, part in zip(posted, split_message(text), strict=False)
+        ]
+        async with self.bot.db.session() as session:
+            await msg_repo.save_messages(session, records)
+        return posted
+
     # ---- buttons -----------------------------------------------------------------------------------------------
 
     async def on_reply_button(self, interaction: discord.Interaction, action: str, gen_id: int) -> None:
@@ -770,6 +816,7 @@ class ChatCog(commands.Cog):
                     writer,
                     user_name=user_name,
                     trigger_id=gen.trigger_message_id,
+                    user_id=user.id,
                     before_id=before,
                     continue_text=current,
                 )
@@ -785,6 +832,7 @@ class ChatCog(commands.Cog):
                     writer,
                     user_name=user_name,
                     trigger_id=gen.trigger_message_id,
+                    user_id=user.id,
                     before_id=before,
                 )
                 if produced is None:

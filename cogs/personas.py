@@ -1,0 +1,523 @@
+"""/persona: create, import, edit, switch, list, show, delete and export personas."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.avatars import AvatarError, normalize_avatar
+from bot.cards import card_to_persona_fields, export_json, export_png, parse_card, persona_to_card
+from bot.prompt import PersonaSpec, PromptError
+from bot.storage import channels as channel_repo
+from bot.storage import guilds as guild_repo
+from bot.storage import moderation as mod_repo
+from bot.storage import personas as persona_repo
+from bot.storage.models import PERSONA_NAME_MAX, Persona
+from cogs._permissions import require_persona_manager
+from cogs.errors import CommandError
+
+if TYPE_CHECKING:
+    from bot.client import RPBot
+    from cogs.chat import ChatCog
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+MAX_CARD_BYTES = 20 * 1024 * 1024
+FIELD_MAX = 6000  # Discord's own limit for a string option
+MODAL_FIELD_MAX = 4000  # Discord's limit for a text input
+PAGE_SIZE = 10
+CONFIRM_TIMEOUT = 120
+
+
+def _short(text: str, limit: int = 1000) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Confirm(discord.ui.View):
+    """Yes/no buttons for the person who ran the command."""
+
+    def __init__(self, user_id: int, yes_label: str, *, danger: bool = True) -> None:
+        super().__init__(timeout=CONFIRM_TIMEOUT)
+        self.user_id = user_id
+        self.value: bool | None = None
+        self.yes.label = yes_label
+        self.yes.style = discord.ButtonStyle.danger if danger else discord.ButtonStyle.primary
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id != self.user_id:
+            await interaction.response.send_message("This question is for someone else.", ephemeral=True)
+            return False
+        return True
+
+    @discord.ui.button(label="Yes")
+    async def yes(self, interaction: discord.Interaction, _button: discord.ui.Button[Any]) -> None:
+        self.value = True
+        await interaction.response.edit_message(view=None)
+        self.stop()
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def no(self, interaction: discord.Interaction, _button: discord.ui.Button[Any]) -> None:
+        self.value = False
+        await interaction.response.edit_message(content="Cancelled.", view=None, embed=None)
+        self.stop()
+
+
+class PersonaEditModal(discord.ui.Modal, title="Edit persona"):
+    def __init__(self, cog: PersonaCog, persona: Persona) -> None:
+        super().__init__(title=f"Edit {persona.name}"[:45])
+        self.cog = cog
+        self.persona_id = persona.id
+        self.fields: dict[str, discord.ui.TextInput[Any]] = {}
+        for key, label, style in (
+            ("description", "Description", discord.TextStyle.paragraph),
+            ("personality", "Personality", discord.TextStyle.paragraph),
+            ("scenario", "Scenario", discord.TextStyle.paragraph),
+            ("greeting", "Greeting", discord.TextStyle.paragraph),
+            ("example_dialogue", "Example dialogue", discord.TextStyle.paragraph),
+        ):
+            current = getattr(persona, key) or ""
+            field = discord.ui.TextInput(
+                label=label,
+                style=style,
+                default=current[:MODAL_FIELD_MAX] or None,
+                required=key == "description",
+                max_length=MODAL_FIELD_MAX,
+            )
+            self.fields[key] = field
+            self.add_item(field)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await require_persona_manager(interaction)
+        values = {key: field.value for key, field in self.fields.items()}
+        async with self.cog.bot.db.session() as session:
+            persona = await persona_repo.get_persona(session, self.persona_id)
+            if persona is None or persona.guild_id != interaction.guild_id:
+                raise CommandError("That persona was deleted meanwhile.")
+            trial = PersonaSpec.from_row({**_columns(persona), **values})
+            self.cog.check_fits(trial)
+            await persona_repo.update_persona(session, persona, **values)
+            await mod_repo.audit(
+                session, interaction.guild_id, interaction.user.id, "persona.edit", persona.name, fields=list(values)
+            )
+            name = persona.name
+        self.cog.changed(self.persona_id)
+        await interaction.response.send_message(f"Saved **{name}**.", ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        from cogs.errors import on_app_command_error
+
+        wrapped = (
+            error
+            if isinstance(error, app_commands.AppCommandError)
+            else app_commands.CommandInvokeError(
+                interaction.command,
+                error,  # type: ignore[arg-type]
+            )
+        )
+        await on_app_command_error(interaction, wrapped)
+
+
+class ListPages(discord.ui.View):
+    def __init__(self, cog: PersonaCog, guild_id: int, total: int, user_id: int) -> None:
+        super().__init__(timeout=300)
+        self.cog, self.guild_id, self.total, self.user_id = cog, guild_id, total, user_id
+        self.page = 0
+        self._sync()
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // PAGE_SIZE))
+
+    def _sync(self) -> None:
+        self.prev.disabled = self.page <= 0
+        self.next.disabled = self.page >= self.pages - 1
+
+    async def render(self) -> discord.Embed:
+        async with self.cog.bot.db.session() as session:
+            rows = await persona_repo.list_personas(
+                session, self.guild_id, limit=PAGE_SIZE, offset=self.page * PAGE_SIZE
+            )
+        lines = [
+            f"**{discord.utils.escape_markdown(p.name)}**"
+            + (" (NSFW)" if p.nsfw else "")
+            + (f" — {_short(p.description, 80)}" if p.description else "")
+            for p in rows
+        ]
+        embed = discord.Embed(title="Personas", description="\n".join(lines) or "None yet.")
+        embed.set_footer(text=f"Page {self.page + 1}/{self.pages} · {self.total} personas")
+        return embed
+
+    @discord.ui.button(label="◀", style=discord.ButtonStyle.secondary)
+    async def prev(self, interaction: discord.Interaction, _button: discord.ui.Button[Any]) -> None:
+        self.page = max(0, self.page - 1)
+        self._sync()
+        await interaction.response.edit_message(embed=await self.render(), view=self)
+
+    @discord.ui.button(label="▶", style=discord.ButtonStyle.secondary)
+    async def next(self, interaction: discord.Interaction, _button: discord.ui.Button[Any]) -> None:
+        self.page = min(self.pages - 1, self.page + 1)
+        self._sync()
+        await interaction.response.edit_message(embed=await self.render(), view=self)
+
+
+def _columns(persona: Persona) -> dict[str, Any]:
+    return {c.key: getattr(persona, c.key) for c in Persona.__table__.columns}
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_channels=True)
+class PersonaGroup(app_commands.Group, name="persona", description="Set up the server's personas"):
+    def __init__(self, cog: PersonaCog) -> None:
+        super().__init__()
+        self.cog = cog
+
+    @property
+    def bot(self) -> RPBot:
+        return self.cog.bot
+
+    async def _audit(self, interaction: discord.Interaction, action: str, target: str, **details: Any) -> None:
+        async with self.bot.db.session() as session:
+            await mod_repo.audit(session, interaction.guild_id, interaction.user.id, action, target, **details)
+
+    async def _get(self, guild_id: int, name: str) -> Persona:
+        async with self.bot.db.session() as session:
+            persona = await persona_repo.find_persona(session, guild_id, name)
+        if persona is None:
+            raise CommandError(f"There is no persona named {name!r} here. See /persona list.")
+        return persona
+
+    # -- creating --
+
+    @app_commands.command(name="create", description="Create a persona")
+    @app_commands.describe(
+        name="Its display name",
+        description="Who it is (appearance, background, manner)",
+        personality="A short summary of its personality",
+        scenario="The situation the roleplay starts in",
+        greeting="Its first message when activated in a channel",
+        example_dialogue="Example exchanges (<START> blocks)",
+        avatar="An image for its avatar",
+        nsfw="Marks it as adult content",
+    )
+    async def create(
+        self,
+        interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, PERSONA_NAME_MAX],
+        description: app_commands.Range[str, 1, FIELD_MAX],
+        personality: app_commands.Range[str, 0, FIELD_MAX] = "",
+        scenario: app_commands.Range[str, 0, FIELD_MAX] = "",
+        greeting: app_commands.Range[str, 0, FIELD_MAX] = "",
+        example_dialogue: app_commands.Range[str, 0, FIELD_MAX] = "",
+        avatar: discord.Attachment | None = None,
+        nsfw: bool = False,
+    ) -> None:
+        await require_persona_manager(interaction)
+        assert interaction.guild_id is not None
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        fields: dict[str, Any] = {
+            "description": description,
+            "personality": personality,
+            "scenario": scenario,
+            "greeting": greeting,
+            "example_dialogue": example_dialogue,
+            "nsfw": nsfw,
+            "created_by": interaction.user.id,
+        }
+        if avatar is not None:
+            fields["avatar"] = await self.cog.read_avatar(avatar)
+            fields["avatar_mime"] = "image/png"
+        self.cog.check_fits(PersonaSpec.from_row({"name": name, **fields}))
+        async with self.bot.db.session() as session:
+            persona = await persona_repo.create_persona(session, interaction.guild_id, name, **fields)
+            await mod_repo.audit(session, interaction.guild_id, interaction.user.id, "persona.create", persona.name)
+        await interaction.followup.send(
+            f"Created **{discord.utils.escape_markdown(persona.name)}**. Activate it here with `/persona use`.",
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="import", description="Import a character card (PNG, JSON or CHARX)")
+    @app_commands.describe(card="The card file", activate="Activate it in this channel right away")
+    async def import_(self, interaction: discord.Interaction, card: discord.Attachment, activate: bool = False) -> None:
+        await require_persona_manager(interaction)
+        assert interaction.guild_id is not None
+        if card.size > MAX_CARD_BYTES:
+            raise CommandError(f"That file is {card.size / 1048576:.1f} MiB; cards are at most 20 MiB.")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        data = await card.read()
+        imported = await asyncio.to_thread(parse_card, data, card.filename)
+        fields = card_to_persona_fields(imported)
+        if fields.get("avatar"):
+            try:
+                fields["avatar"] = await asyncio.to_thread(normalize_avatar, fields["avatar"])
+                fields["avatar_mime"] = "image/png"
+            except AvatarError as exc:
+                log.info("card %s has an unusable image (%s); importing without avatar", card.filename, exc)
+                fields["avatar"], fields["avatar_mime"] = None, None
+        name = str(fields.pop("name"))
+        self.cog.check_fits(PersonaSpec.from_row({"name": name, **fields}))
+        fields["created_by"] = interaction.user.id
+        replace = False
+        async with self.bot.db.session() as session:
+            existing = await persona_repo.find_persona(session, interaction.guild_id, name)
+        if existing is not None:
+            view = Confirm(interaction.user.id, "Replace it")
+            await interaction.followup.send(
+                f"A persona named **{discord.utils.escape_markdown(existing.name)}** exists. Replace it with the card?",
+                view=view,
+                ephemeral=True,
+            )
+            await view.wait()
+            if not view.value:
+                return
+            replace = True
+        async with self.bot.db.session() as session:
+            persona = await persona_repo.create_persona(session, interaction.guild_id, name, replace=replace, **fields)
+            await mod_repo.audit(
+                session,
+                interaction.guild_id,
+                interaction.user.id,
+                "persona.import",
+                persona.name,
+                file=card.filename[:100],
+                replaced=replace,
+            )
+        self.cog.changed(persona.id)
+        lore = len((persona.lorebook or {}).get("entries", []) or [])
+        summary = (
+            f"Imported **{discord.utils.escape_markdown(persona.name)}**"
+            f" ({len(persona.alternate_greetings or [])} alternate greetings, {lore} lorebook entries"
+            f"{', avatar' if persona.avatar else ''})."
+        )
+        if activate:
+            summary += "\n" + await self.cog.activate(interaction, persona)
+        await interaction.followup.send(summary, ephemeral=True)
+
+    @app_commands.command(name="edit", description="Edit a persona's long fields in a form")
+    async def edit(self, interaction: discord.Interaction, name: str) -> None:
+        await require_persona_manager(interaction)
+        assert interaction.guild_id is not None
+        persona = await self._get(interaction.guild_id, name)
+        await interaction.response.send_modal(PersonaEditModal(self.cog, persona))
+
+    # -- switching --
+
+    @app_commands.command(name="use", description="Activate a persona in this channel")
+    async def use(self, interaction: discord.Interaction, name: str) -> None:
+        await require_persona_manager(interaction)
+        assert interaction.guild_id is not None
+        persona = await self._get(interaction.guild_id, name)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        message = await self.cog.activate(interaction, persona)
+        await interaction.followup.send(message, ephemeral=True)
+
+    @app_commands.command(name="off", description="Deactivate the persona in this channel")
+    async def off(self, interaction: discord.Interaction) -> None:
+        await require_persona_manager(interaction)
+        assert interaction.guild_id is not None and interaction.channel_id is not None
+        async with self.bot.db.session() as session:
+            row = await channel_repo.get_channel(session, interaction.channel_id)
+            if row is None or row.persona_id is None:
+                raise CommandError("No persona is active in this channel.")
+            await channel_repo.set_active_persona(session, interaction.guild_id, interaction.channel_id, None)
+            await mod_repo.audit(
+                session, interaction.guild_id, interaction.user.id, "persona.off", f"channel {interaction.channel_id}"
+            )
+        self.cog.channel_changed(interaction.channel_id)
+        await interaction.response.send_message("The persona is no longer active in this channel.", ephemeral=True)
+
+    # -- looking --
+
+    @app_commands.command(name="list", description="The personas of this server")
+    async def list_(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.db.session() as session:
+            total = await persona_repo.count_personas(session, interaction.guild_id)
+        view = ListPages(self.cog, interaction.guild_id, total, interaction.user.id)
+        await interaction.response.send_message(
+            embed=await view.render(), view=view if total > PAGE_SIZE else discord.utils.MISSING, ephemeral=True
+        )
+
+    @app_commands.command(name="show", description="A persona's fields and prompt size")
+    @app_commands.describe(name="Which persona (default: the one active in this channel)")
+    async def show(self, interaction: discord.Interaction, name: str | None = None) -> None:
+        assert interaction.guild_id is not None
+        if name:
+            persona = await self._get(interaction.guild_id, name)
+        else:
+            async with self.bot.db.session() as session:
+                active = await channel_repo.active_persona(session, interaction.channel_id or 0)
+            if active is None:
+                raise CommandError("No persona is active here; name one: /persona show name:…")
+            persona = active[1]
+        embed = discord.Embed(title=persona.name, description=_short(persona.description, 3000) or "—")
+        for label, key in (("Personality", "personality"), ("Scenario", "scenario"), ("Greeting", "greeting")):
+            if getattr(persona, key):
+                embed.add_field(name=label, value=_short(getattr(persona, key)), inline=False)
+        if persona.alternate_greetings:
+            embed.add_field(name="Alternate greetings", value=str(len(persona.alternate_greetings)))
+        lore = len((persona.lorebook or {}).get("entries", []) or [])
+        if lore:
+            embed.add_field(name="Lorebook entries", value=str(lore))
+        if persona.tags:
+            embed.add_field(name="Tags", value=_short(", ".join(persona.tags), 200))
+        try:
+            tokens = self.cog.persona_tokens(PersonaSpec.from_row(persona))
+            embed.add_field(name="Persona block", value=f"{tokens} tokens")
+        except PromptError as exc:
+            embed.add_field(name="Persona block", value=f"too large: {exc}"[:1000])
+        embed.set_footer(text="NSFW" if persona.nsfw else "SFW")
+        kwargs: dict[str, Any] = {}
+        if persona.avatar:
+            kwargs["file"] = discord.File(io.BytesIO(persona.avatar), filename="avatar.png")
+            embed.set_thumbnail(url="attachment://avatar.png")
+        await interaction.response.send_message(embed=embed, ephemeral=True, **kwargs)
+
+    # -- removing and exporting --
+
+    @app_commands.command(name="delete", description="Delete a persona")
+    async def delete(self, interaction: discord.Interaction, name: str) -> None:
+        await require_persona_manager(interaction)
+        assert interaction.guild_id is not None
+        persona = await self._get(interaction.guild_id, name)
+        view = Confirm(interaction.user.id, "Delete")
+        await interaction.response.send_message(
+            f"Delete **{discord.utils.escape_markdown(persona.name)}**? Channels using it go quiet.",
+            view=view,
+            ephemeral=True,
+        )
+        await view.wait()
+        if not view.value:
+            return
+        async with self.bot.db.session() as session:
+            row = await persona_repo.get_persona(session, persona.id)
+            if row is not None:
+                await persona_repo.delete_persona(session, row)
+            await mod_repo.audit(session, interaction.guild_id, interaction.user.id, "persona.delete", persona.name)
+        self.cog.changed(persona.id)
+        await interaction.followup.send(f"Deleted **{discord.utils.escape_markdown(persona.name)}**.", ephemeral=True)
+
+    @app_commands.command(name="export", description="Export a persona as a character card")
+    @app_commands.describe(format="PNG card (SillyTavern/Chub) or JSON")
+    @app_commands.choices(
+        format=[app_commands.Choice(name="PNG", value="png"), app_commands.Choice(name="JSON", value="json")]
+    )
+    async def export(self, interaction: discord.Interaction, name: str, format: str = "png") -> None:
+        assert interaction.guild_id is not None
+        persona = await self._get(interaction.guild_id, name)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        card = persona_to_card(persona)
+        if format == "json":
+            data = await asyncio.to_thread(export_json, card)
+            filename = f"{_filename(persona.name)}.json"
+        else:
+            data = await asyncio.to_thread(export_png, card, persona.avatar)
+            filename = f"{_filename(persona.name)}.png"
+        await interaction.followup.send(
+            f"**{discord.utils.escape_markdown(persona.name)}** as a character card:",
+            file=discord.File(io.BytesIO(data), filename=filename),
+            ephemeral=True,
+        )
+
+    @edit.autocomplete("name")
+    @use.autocomplete("name")
+    @show.autocomplete("name")
+    @delete.autocomplete("name")
+    @export.autocomplete("name")
+    async def _names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None:
+            return []
+        async with self.bot.db.session() as session:
+            rows = await persona_repo.list_personas(session, interaction.guild_id, prefix=current.strip(), limit=25)
+        return [app_commands.Choice(name=p.name[:100], value=p.name[:100]) for p in rows]
+
+
+def _filename(name: str) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name).strip("_")
+    return safe[:60] or "persona"
+
+
+class PersonaCog(commands.Cog):
+    def __init__(self, bot: RPBot) -> None:
+        self.bot = bot
+        self.group = PersonaGroup(self)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.group)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.group.name)
+
+    @property
+    def chat(self) -> ChatCog | None:
+        return self.bot.get_cog("ChatCog")  # type: ignore[return-value]
+
+    def changed(self, persona_id: int) -> None:
+        if self.chat is not None:
+            self.chat.invalidate_persona(persona_id)
+
+    def channel_changed(self, channel_id: int) -> None:
+        if self.chat is not None:
+            self.chat.invalidate_channel(channel_id)
+
+    def persona_tokens(self, spec: PersonaSpec) -> int:
+        if self.chat is None:
+            raise CommandError("The chat engine is not running.")
+        return self.chat.builder.check_persona(spec)
+
+    def check_fits(self, spec: PersonaSpec) -> None:
+        """Refuse a persona whose definitions alone leave no room for the conversation (PersonaTooLarge says why)."""
+        if self.chat is not None and self.bot.engine is not None:
+            self.chat.builder.check_persona(spec)
+
+    async def read_avatar(self, attachment: discord.Attachment) -> bytes:
+        if attachment.size > 10 * 1024 * 1024:
+            raise CommandError("Avatar images are at most 10 MiB.")
+        data = await attachment.read()
+        try:
+            return await asyncio.to_thread(normalize_avatar, data)
+        except AvatarError as exc:
+            raise CommandError(str(exc)) from None
+
+    async def activate(self, interaction: discord.Interaction, persona: Persona) -> str:
+        """Make ``persona`` the channel's persona, backfill recent history, post its greeting. Returns a summary."""
+        channel = interaction.channel
+        if not isinstance(channel, discord.TextChannel | discord.Thread):
+            raise CommandError("Personas can speak in text channels and threads only.")
+        async with self.bot.db.session() as session:
+            guild = await guild_repo.get_guild(session, channel.guild.id)
+            nsfw_only = guild.nsfw_only
+        if nsfw_only and not channel.is_nsfw():
+            raise CommandError(
+                "This server only allows personas in age-restricted channels (the model is not safety-tuned). "
+                "Mark this channel age-restricted, or an admin can run `/admin nsfw-only enabled:False`."
+            )
+        async with self.bot.db.session() as session:
+            await channel_repo.set_active_persona(session, channel.guild.id, channel.id, persona.id)
+            await mod_repo.audit(
+                session, channel.guild.id, interaction.user.id, "persona.use", persona.name, channel=channel.id
+            )
+        self.channel_changed(channel.id)
+        chat = self.chat
+        if chat is None:
+            return f"**{persona.name}** is active here, but the chat is not running (check the bot's log)."
+        try:
+            await chat.backfill(channel)
+        except discord.HTTPException as exc:
+            log.warning("backfill of channel %s failed: %s", channel.id, exc)
+        async with self.bot.db.session() as session:
+            row = await channel_repo.get_channel(session, channel.id)
+            index = row.greeting_index if row else 0
+        await chat.post_greeting(channel, persona, index, getattr(interaction.user, "display_name", "User"))
+        return f"**{discord.utils.escape_markdown(persona.name)}** is now active in {channel.mention}."
+
+
+async def setup(bot: RPBot) -> None:
+    await bot.add_cog(PersonaCog(bot))
