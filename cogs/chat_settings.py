@@ -31,6 +31,8 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# No default_permissions: Discord applies them to a whole group, and /chat context is for everyone. The commands
+# that change settings check Manage Channels (or the persona manager role) when they run.
 @app_commands.guild_only()
 class ChatGroup(app_commands.Group, name="chat", description="The persona chat in this channel"):
     def __init__(self, cog: ChatSettingsCog) -> None:
@@ -62,7 +64,6 @@ class ChatGroup(app_commands.Group, name="chat", description="The persona chat i
             )
 
     @app_commands.command(name="reset", description="Start a new scene: earlier messages leave the prompt")
-    @app_commands.default_permissions(manage_channels=True)
     async def reset(self, interaction: discord.Interaction) -> None:
         await require_persona_manager(interaction)
         settings, persona = await self._active(interaction)
@@ -72,7 +73,6 @@ class ChatGroup(app_commands.Group, name="chat", description="The persona chat i
         await interaction.followup.send("A new scene begins.", ephemeral=True)
 
     @app_commands.command(name="mode", description="When the persona replies")
-    @app_commands.default_permissions(manage_channels=True)
     @app_commands.describe(mode="mention: when mentioned, named or replied to; always: every message")
     @app_commands.choices(
         mode=[
@@ -92,7 +92,6 @@ class ChatGroup(app_commands.Group, name="chat", description="The persona chat i
         await interaction.response.send_message(f"Reply mode: **{mode}**.", ephemeral=True)
 
     @app_commands.command(name="settings", description="Sampler settings for this channel (no option: show them)")
-    @app_commands.default_permissions(manage_channels=True)
     @app_commands.describe(
         temperature="Randomness (0-5; default 0.8)",
         top_p="Nucleus sampling (0-1; default 0.9)",
@@ -147,7 +146,6 @@ class ChatGroup(app_commands.Group, name="chat", description="The persona chat i
         await interaction.response.send_message(f"{title}\n" + "\n".join(lines), ephemeral=True)
 
     @app_commands.command(name="greeting", description="Pick the greeting (no index: list them)")
-    @app_commands.default_permissions(manage_channels=True)
     @app_commands.describe(index="1 = the main greeting, 2+ = alternate greetings; starts a new scene with it")
     async def greeting(
         self, interaction: discord.Interaction, index: app_commands.Range[int, 1, 100] | None = None

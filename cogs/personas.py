@@ -172,8 +172,9 @@ def _columns(persona: Persona) -> dict[str, Any]:
     return {c.key: getattr(persona, c.key) for c in Persona.__table__.columns}
 
 
+# No default_permissions: Discord applies them to a whole group, and /persona list and show are for everyone. Every
+# command that changes something checks Manage Channels (or the persona manager role) when it runs.
 @app_commands.guild_only()
-@app_commands.default_permissions(manage_channels=True)
 class PersonaGroup(app_commands.Group, name="persona", description="Set up the server's personas"):
     def __init__(self, cog: PersonaCog) -> None:
         super().__init__()
