@@ -34,7 +34,9 @@ def normalize_avatar(data: bytes) -> bytes:
             return out.getvalue()
     except AvatarError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise AvatarError("The avatar has too many pixels, too large to use.") from None
+    except UnidentifiedImageError:
         raise AvatarError("The avatar is not an image I can read (use PNG, JPEG, WebP or GIF).") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise AvatarError(f"The avatar image is damaged ({exc}).") from None
