@@ -535,6 +535,8 @@ class GenerationQueue:
             self._running_channels.add(req.job.channel_id)
             self.stats.observe("wait_seconds", time.monotonic() - req._submitted)
             req._task = asyncio.create_task(self._run(req), name=f"generation-{req.id}")
+            # Clean-up lives in a done callback: a task cancelled before its first step never runs its body.
+            req._task.add_done_callback(lambda _task, req=req: self._run_ended(req))
         if started:
             self._changed()
 
@@ -626,10 +628,13 @@ class GenerationQueue:
             if stream is not None and stream.result is not None:
                 self.stats.prompt_tokens += stream.result.prompt_tokens
                 self.stats.completion_tokens += stream.result.completion_tokens
-            self._running.pop(req.id, None)
-            self._running_channels.discard(req.job.channel_id)
-            self._changed()
-            self._dispatch()
+
+    def _run_ended(self, req: QueuedRequest) -> None:
+        self._end(req, RequestStatus.CANCELLED, error=RequestCancelled("the request was cancelled", req.text))
+        self._running.pop(req.id, None)
+        self._running_channels.discard(req.job.channel_id)
+        self._changed()
+        self._dispatch()
 
     async def _stop_stream(self, stream: GenerationStream | None) -> None:
         if stream is None:
