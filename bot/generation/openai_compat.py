@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ CONNECT_TIMEOUT = 5.0
 COOLDOWN_SECONDS = 15.0
 # Most OpenAI-compatible servers ignore an API key; the client library insists on having one.
 NO_KEY = "no-key-needed"
+_STATUS_PREFIX = re.compile(r"^Error code: \d+ - ")
 
 
 def normalise_base_url(url: str) -> str:
@@ -279,7 +281,10 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return f"HTTP {exc.status_code}: the server refused the API key (check RPBOT_OPENAI_API_KEY)"
     if isinstance(exc, openai.APIStatusError):
-        message = exc.message if isinstance(exc.message, str) else str(exc)
+        body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
+        message = body.get("message") if isinstance(body, dict) else None
+        if not isinstance(message, str):
+            message = _STATUS_PREFIX.sub("", str(exc.message))
         return f"HTTP {exc.status_code}: {message[:300]}"
     return f"{type(exc).__name__}: {str(exc)[:300]}"
 
