@@ -551,9 +551,13 @@ class GenerationQueue:
             )
 
     def _end(
-        self, req: QueuedRequest, status: RequestStatus, *, result: GenerationResult | None = None,
+        self,
+        req: QueuedRequest,
+        status: RequestStatus,
+        *,
+        result: GenerationResult | None = None,
         error: BaseException | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if not req._finish(status, result=result, error=error):
             return
         if status is RequestStatus.DONE:

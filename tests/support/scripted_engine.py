@@ -172,8 +172,8 @@ class ScriptedEngine(Engine):
 
     def oom_next(self, *, after_chunks: int = 0, broken: bool = False) -> None:
         """The next stream runs out of memory (EngineOutOfMemory), optionally leaving the engine broken."""
-        self.fail_next(EngineOutOfMemory("the scripted engine ran out of memory"), after_chunks=after_chunks,
-                       broken=broken)  # fmt: skip
+        error = EngineOutOfMemory("the scripted engine ran out of memory")
+        self.fail_next(error, after_chunks=after_chunks, broken=broken)
 
     def hang_next(self, *, after_chunks: int = 0) -> None:
         """The next stream stops producing after ``after_chunks`` chunks until it is cancelled."""
