@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     openai_base_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
     openai_api_key: SecretStr | None = None
     openai_model: str | None = None
+    openai_parallel: int = Field(4, ge=1, le=256)  # streams each OpenAI-compatible server runs at once
     tokenizer_path: Path | None = None
     context_tokens: int = Field(4096, ge=256, le=131072)
     max_new_tokens: int = Field(300, ge=1, le=8192)

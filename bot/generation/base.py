@@ -31,6 +31,10 @@ class EngineBroken(EngineError):
     """The engine is in a bad state and must be restarted before it can serve again."""
 
 
+class EngineOutOfMemory(EngineError):
+    """The backend ran out of (GPU) memory for this request; smaller prompts or fewer parallel streams may fit."""
+
+
 class PromptTooLong(EngineError):
     """The prompt plus max_new_tokens does not fit the model's context."""
 
