@@ -1,0 +1,1 @@
+pytest_plugins = ["tests.discord_emulator.fixtures"]
