@@ -334,9 +334,8 @@ async def test_disconnect_resume_replays_missed_events(
     await asyncio.wait_for(resumed.wait(), 5)
     await emulator.wait_until(lambda: any(x.id == missed.id for x in _probe(bot).seen), "the replayed message")
 
-    before = len(emulator.gateway_events)
     await emulator.invalidate_session(0)
-    await emulator.wait_for_identify(0, after=before)
+    await emulator.wait_for_identify(0)
     await emulator.user_message(general, alice, "!rest still here")
     assert (await emulator.wait_for_message(general, source="bot")).content == "echo: still here"
 
@@ -397,3 +396,109 @@ async def test_discord_errors_reach_the_bot(
     emulator.fail_next("*", r"/channels/\d+/typing", 403)
     with pytest.raises(discord.Forbidden):
         await general.typing()
+
+
+class TallyView(discord.ui.View):
+    """Components answered by updating their own message (callback types 7 and 6)."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=None)
+        self.count = 0
+
+    @discord.ui.button(label="+1", custom_id="tally:inc")
+    async def inc(self, interaction: discord.Interaction, button: discord.ui.Button[TallyView]) -> None:
+        self.count += 1
+        await interaction.response.edit_message(content=f"tally {self.count}", view=self)
+
+    @discord.ui.select(custom_id="tally:mood", options=[discord.SelectOption(label=x) for x in ("calm", "wild")])
+    async def mood(self, interaction: discord.Interaction, select: discord.ui.Select[TallyView]) -> None:
+        await interaction.response.defer()
+        await interaction.edit_original_response(content=f"tally {self.count}, mood {select.values[0]}")
+
+
+async def test_components_update_their_message_threads_history_and_dms(
+    emulator: DiscordEmulator, run_bot: BotRunner, world: dict
+) -> None:
+    bot = await run_bot(setup=_install_probe)
+    general = bot.get_channel(world["general"].id)
+    thread = bot.get_channel(world["thread"].id)
+    assert isinstance(general, discord.TextChannel) and isinstance(thread, discord.Thread)
+    alice = world["alice"]
+
+    sent = await general.send("tally 0", view=TallyView())
+    stored = emulator.messages[sent.id]
+    clicked = await emulator.click_button(stored, "tally:inc", alice)
+    await clicked.wait_response()
+    assert clicked.response_type == 7 and stored.content == "tally 1" and stored.custom_ids()[0] == "tally:inc"
+    chosen = await emulator.select(stored, "tally:mood", ["wild"], alice)
+    await emulator.wait_until(lambda: stored.content.endswith("mood wild"), "the select to edit its message")
+    assert chosen.response_type == 6 and chosen.original is stored and len(stored.edits) == 2
+    with pytest.raises(ValueError, match="no options"):
+        await emulator.select(stored, "tally:mood", ["sleepy"], alice)
+
+    # Webhooks post into threads of their channel with ?thread_id=; edits need it too.
+    webhook = await general.create_webhook(name="Narrator")
+    in_thread = await webhook.send("meanwhile...", thread=thread, wait=True)
+    await in_thread.edit(content="meanwhile, in the thread")
+    stored_thread_msg = emulator.messages[in_thread.id]
+    assert stored_thread_msg.channel_id == thread.id and stored_thread_msg.content == "meanwhile, in the thread"
+    assert emulator.requests_matching("PATCH", r"/webhooks/.*")[-1].query["thread_id"] == str(thread.id)
+    with pytest.raises(discord.NotFound):
+        await webhook.edit_message(in_thread.id, content="no thread given")
+
+    older = [await emulator.user_message(world["general"], alice, f"line {i}") for i in range(3)]
+    history = [msg.id async for msg in general.history(limit=3, before=discord.Object(older[-1].id))]
+    assert history == [older[1].id, older[0].id, sent.id]
+    await general.get_partial_message(older[0].id).add_reaction("👍")
+    assert emulator.messages[older[0].id].reactions == ["👍"]
+
+    dm = emulator.create_dm(alice)
+    await emulator.user_message(dm, alice, "!rest in private")
+    reply = await emulator.wait_for_message(dm, source="bot")
+    assert reply.content == "echo: in private" and reply.guild_id is None
+    dm_think = await emulator.slash_command(dm, alice, "think")
+    await dm_think.wait_followup(1)
+    assert dm_think.payload["context"] == 1 and "user" in dm_think.payload and "member" not in dm_think.payload
+
+
+async def test_guilds_are_spread_over_shards(emulator: DiscordEmulator, run_bot: BotRunner) -> None:
+    guilds = [await emulator.create_guild("Guild 0")]
+    while len({(g.id >> 22) % 2 for g in guilds}) < 2:  # ids follow the clock; make one for each shard
+        guilds.append(await emulator.create_guild(f"Guild {len(guilds)}"))
+    member = await emulator.add_member(guilds[-1], "bob")
+    bot = await run_bot(setup=_install_probe, settings={"shard_count": 2})
+    identifies = sorted((e.shard_id, e.detail["shard_count"]) for e in emulator.gateway_events if e.kind == "identify")
+    assert identifies == [(0, 2), (1, 2)]
+    assert {(g.id, g.shard_id) for g in bot.guilds} == {(g.id, (g.id >> 22) % 2) for g in guilds}
+
+    last = guilds[-1]
+    shard = (last.id >> 22) % 2
+    await emulator.disconnect(shard)
+    await emulator.user_message(last.channel("general"), member, "!rest across shards")
+    await emulator.wait_for_resume(shard)
+    assert (await emulator.wait_for_message(last.channel("general"), source="bot")).content == "echo: across shards"
+    other = emulator.gateway.session_for_shard(1 - shard)
+    assert other is not None and other.resumes == 0
+
+
+class CrashingCog(commands.Cog):
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if message.content == "boom":
+            raise RuntimeError("handler blew up")
+
+
+async def test_error_log_guard_sees_handler_crashes(
+    emulator: DiscordEmulator, run_bot: BotRunner, world: dict, error_log_guard: ErrorLogGuard
+) -> None:
+    async def setup(bot: RPBot) -> None:
+        await bot.add_cog(CrashingCog())
+
+    await run_bot(setup=setup)
+    await emulator.user_message(world["general"], world["alice"], "boom")
+    await emulator.wait_until(lambda: error_log_guard.records, "discord.py to log the handler's exception")
+    record = error_log_guard.records[0]
+    assert record.name == "discord.client" and "handler blew up" in ErrorLogGuard.render(record)
+    assert error_log_guard.unexpected() == [record]  # this would fail the test at teardown...
+    error_log_guard.allow(r"Ignoring exception in on_message")  # ...unless allowed
+    assert error_log_guard.unexpected() == []

@@ -41,6 +41,7 @@ T = TypeVar("T")
 _USER_MENTION = re.compile(r"<@!?(\d+)>")
 _ROLE_MENTION = re.compile(r"<@&(\d+)>")
 POLL_INTERVAL = 0.01
+_BREAKS = ("server_disconnect", "disconnected", "invalidated", "reconnect_requested", "closed")
 DM_APP_PERMISSIONS = (
     m.VIEW_CHANNEL | m.SEND_MESSAGES | m.EMBED_LINKS | m.ATTACH_FILES | m.READ_MESSAGE_HISTORY | m.ADD_REACTIONS
 )
@@ -910,7 +911,7 @@ class DiscordEmulator:
         after: m.Message | int | None = None,
         timeout: float | None = None,
     ) -> m.Message:
-        """The next message the bot sent through one of its webhooks (in ``channel`` or its threads)."""
+        """The next message the bot sent through a webhook in ``channel`` (a thread is its own channel)."""
         return await self.wait_for_message(channel, predicate, source="webhook", after=after, timeout=timeout)
 
     async def wait_for_request(
@@ -930,28 +931,38 @@ class DiscordEmulator:
 
         return await self.wait_until(find, f"{count} request(s) {method} {path}", timeout)
 
+    def _after_last_break(self, shard_id: int) -> int:
+        """Index just past the shard's latest disconnect, invalidation or reconnect request."""
+        for index in range(len(self.gateway.events) - 1, -1, -1):
+            event = self.gateway.events[index]
+            if event.shard_id == shard_id and event.kind in _BREAKS:
+                return index + 1
+        return 0
+
+    def _event_since(self, kind: str, shard_id: int, start: int) -> GatewayEvent | None:
+        return next((e for e in self.gateway.events[start:] if e.kind == kind and e.shard_id == shard_id), None)
+
     async def wait_for_resume(self, shard_id: int = 0, *, timeout: float | None = None) -> GatewayEvent:
-        """Wait until the shard RESUMEd after now; returns the resume event (``detail['replayed']``)."""
-        start = len(self.gateway.events)
+        """Wait for the RESUME that follows the shard's latest disconnect; returns the event, whose
+        ``detail["replayed"]`` says how many missed dispatches were replayed."""
+        start = self._after_last_break(shard_id)
         return await self.wait_until(
-            lambda: next(
-                (e for e in self.gateway.events[start:] if e.kind == "resume" and e.shard_id == shard_id), None
-            ),
-            f"shard {shard_id} to RESUME",
-            timeout,
+            lambda: self._event_since("resume", shard_id, start), f"shard {shard_id} to RESUME", timeout
         )
 
-    async def wait_for_identify(
-        self, shard_id: int = 0, *, after: int = 0, timeout: float | None = None
-    ) -> GatewayEvent:
-        """Wait for an IDENTIFY on ``shard_id`` among gateway events from index ``after`` on."""
+    async def wait_for_identify(self, shard_id: int = 0, *, timeout: float | None = None) -> GatewayEvent:
+        """Wait for the fresh IDENTIFY (and READY) that follows the shard's latest disconnect or invalidation."""
+        start = self._after_last_break(shard_id)
         return await self.wait_until(
-            lambda: next(
-                (e for e in self.gateway.events[after:] if e.kind == "ready" and e.shard_id == shard_id), None
-            ),
-            f"shard {shard_id} to IDENTIFY",
-            timeout,
+            lambda: self._event_since("ready", shard_id, start), f"shard {shard_id} to IDENTIFY", timeout
         )
+
+    async def dispatch(self, event: str, data: dict[str, Any], *, guild: m.Guild | None = None) -> int:
+        """Send any gateway event as-is to the shard(s) that own ``guild`` (shard 0 without one); returns how many
+        sessions got it. For events the emulator has no helper for."""
+        sent = await self.gateway.dispatch(event, data, guild_id=None if guild is None else guild.id)
+        self.notify()
+        return sent
 
     # ---- faults -------------------------------------------------------------------------------------------------
 

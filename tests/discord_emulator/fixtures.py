@@ -167,6 +167,15 @@ class BotRunner:
             if task in done and task.exception() is not None:
                 raise RuntimeError(f"the bot stopped before it was ready: {task.exception()!r}")
             raise TimeoutError(f"the bot was not ready after {ready_timeout}s\n{self.emu.describe()}")
+        # READY fires guild_ready_timeout after the last GUILD_CREATE; on a busy machine a guild may come later.
+        count = bot.shard_count or 1
+        shards = set(bot.shard_ids or range(count))
+        expected = [g.id for g in self.emu.guilds.values() if (g.id >> 22) % count in shards]
+        await self.emu.wait_until(
+            lambda: all((g := bot.get_guild(gid)) is not None and not g.unavailable for gid in expected),
+            "every guild to be available to the bot",
+            ready_timeout,
+        )
         if expect_sync:
             await self.emu.wait_for_request("PUT", COMMANDS_PATH, since=started, timeout=ready_timeout)
         return bot

@@ -206,11 +206,18 @@ class RestApi:
         raise ApiError(404, 0, "404: Not Found")
 
     async def serve_attachment(self, request: web.Request) -> web.StreamResponse:
-        """The CDN: uploaded files by URL, so the bot can download what users attached."""
+        """The CDN: uploaded files by URL, so the bot can download what users attached. Recorded like REST calls
+        (with the absolute path, /attachments/...)."""
+        record = RecordedRequest(request.method, request.path, dict(request.query), None)
+        record.time = asyncio.get_running_loop().time()
+        self.emu.requests.append(record)
         try:
             attachment = self.emu.files[int(request.match_info["attachment_id"])]
         except (KeyError, ValueError):
+            record.status = 404
             return web.Response(status=404, text="Not Found")
+        record.status = 200
+        self.emu.notify()
         return web.Response(body=attachment.data, content_type=attachment.content_type or "application/octet-stream")
 
     # ---- lookups with Discord's errors --------------------------------------------------------------------------
