@@ -190,6 +190,17 @@ async def test_bot_connects_and_sees_the_world(emulator: DiscordEmulator, run_bo
     assert roll.options[0]["min_value"] == 2 and roll.options[0]["required"] is True
     assert emulator.command("Quote", type=3).type == 3
 
+    # Changes while connected arrive as GUILD_CREATE / CHANNEL_CREATE / THREAD_CREATE.
+    joined = await emulator.create_guild("Second Home")
+    ooc = await emulator.create_channel(world["guild"], "ooc", topic="out of character")
+    side = await emulator.create_thread(ooc, "tangent", owner=world["alice"])
+    await emulator.wait_until(lambda: bot.get_guild(joined.id) and guild.get_thread(side.id), "the new guild/thread")
+    new_channel = guild.get_channel(ooc.id)
+    assert isinstance(new_channel, discord.TextChannel) and new_channel.topic == "out of character"
+    dm = await (await bot.fetch_user(world["alice"].id)).create_dm()
+    await dm.send("hello in private")
+    assert emulator.sent_messages(emulator.create_dm(world["alice"]))[0].content == "hello in private"
+
 
 async def test_on_message_answers_over_rest_and_webhook(
     emulator: DiscordEmulator, run_bot: BotRunner, world: dict
@@ -502,3 +513,42 @@ async def test_error_log_guard_sees_handler_crashes(
     assert error_log_guard.unexpected() == [record]  # this would fail the test at teardown...
     error_log_guard.allow(r"Ignoring exception in on_message")  # ...unless allowed
     assert error_log_guard.unexpected() == []
+
+
+class CardCog(commands.Cog):
+    """Files in interaction responses, the @original message and follow-ups, edited and deleted."""
+
+    @app_commands.command(name="card", description="Sends a card file")
+    async def card(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("here", file=discord.File(io.BytesIO(b"v1"), "card.json"))
+        original = await interaction.original_response()
+        await interaction.edit_original_response(
+            content=f"{original.content}, updated", attachments=[discord.File(io.BytesIO(b"v2"), "card.json")]
+        )
+        extra = await interaction.followup.send("scratch", file=discord.File(io.BytesIO(b"x"), "x.txt"), wait=True)
+        await extra.edit(content="scratch, edited")
+        await extra.delete()
+        assert interaction.channel is not None
+        fetched = await interaction.channel.fetch_message(original.id)  # type: ignore[union-attr]
+        await interaction.followup.send(f"fetched: {fetched.content}")
+
+
+async def test_interaction_files_original_and_followups(
+    emulator: DiscordEmulator, run_bot: BotRunner, world: dict
+) -> None:
+    async def setup(bot: RPBot) -> None:
+        await bot.add_cog(CardCog())
+
+    await run_bot(setup=setup)
+    handle = await emulator.slash_command(world["general"], world["alice"], "card")
+    last = await handle.wait_followup(2)
+    original = handle.original
+    assert original is not None and original.content == "here, updated" and original.content_history == ["here"]
+    assert [(a.filename, a.data) for a in original.attachments] == [("card.json", b"v2")]
+    assert handle.original_edits[0]["attachments"] == [{"id": 0, "filename": "card.json"}]
+    scratch = handle.followups[0]
+    assert scratch.deleted and scratch.content == "scratch, edited" and scratch.attachments[0].data == b"x"
+    assert last.content == "fetched: here, updated" and last.source == "followup"
+    assert emulator.messages_in(world["general"]) == [original, last]
+    assert original.type == 20 and original.interaction_metadata is not None
+    assert original.interaction_metadata["name"] == "card"

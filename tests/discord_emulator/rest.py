@@ -356,6 +356,7 @@ class RestApi:
                 self._require(channel, m.ATTACH_FILES)
         check_message(body, new_files=len(call.files))
         fields = self._message_fields(channel, body, call.files, existing=None)
+        fields["flags"] &= ~m.FLAG_EPHEMERAL  # only interaction responses can be ephemeral
         ref = body.get("message_reference")
         if ref:
             target = self.emu.messages.get(int(ref.get("message_id") or 0))
@@ -591,6 +592,7 @@ class RestApi:
         if body.get("components") and webhook.application_id is None and not call.flag("with_components"):
             raise ApiError(400, E.INVALID_FORM_BODY, "components: with_components=true is required for this webhook")
         fields = self._message_fields(channel, body, call.files, existing=None)
+        fields["flags"] &= ~m.FLAG_EPHEMERAL
         username = body.get("username")
         avatar_url = body.get("avatar_url")
         author = m.User(
