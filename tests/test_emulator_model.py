@@ -139,3 +139,77 @@ async def test_rest_answers_with_exact_json_content_type_and_records_requests(em
     assert statuses == [("GET", 200), ("GET", 401), ("POST", 429), ("POST", 400), ("GET", 404)]
     assert emulator.requests[-1].path == "/attachments/1/2/nothing.png"
     assert emulator.requests[2].injected and not emulator.requests[3].injected
+
+
+async def test_interaction_callbacks_follow_discords_rules(emulator: DiscordEmulator) -> None:
+    guild = await emulator.create_guild()
+    alice = await emulator.add_member(guild, "alice")
+    api, auth = emulator.api_url, {"Authorization": f"Bot {emulator.token}"}
+    command = {"name": "ping", "description": "Ping", "type": 1, "default_member_permissions": 8}
+    commands = f"{api}/applications/{emulator.application_id}/commands"
+    async with aiohttp.ClientSession() as http:
+        async with http.put(commands, json=[command], headers=auth) as r:
+            assert r.status == 200 and (await r.json())[0]["default_member_permissions"] == "8"
+        bad = [{"name": "Bad Name", "description": "x"}]
+        async with http.put(commands, json=bad, headers=auth) as r:
+            assert r.status == 400 and (await r.json())["code"] == 50035
+
+        handle = await emulator.slash_command(guild.channel("general"), alice, "ping")
+        assert int(handle.payload["member"]["permissions"]) & 8 == 0  # alice is no admin
+        followup = f"{api}/webhooks/{emulator.application_id}/{handle.token}"
+        callback = f"{api}/interactions/{handle.id}/{handle.token}/callback"
+        async with http.post(followup, json={"content": "too early"}) as r:
+            assert r.status == 404 and (await r.json())["code"] == 10015
+        async with http.post(callback, json={"type": 8, "data": {"choices": []}}) as r:
+            assert r.status == 400  # autocomplete results only answer autocomplete interactions
+        pong = {"type": 4, "data": {"content": "pong"}}
+        async with http.post(callback, params={"with_response": "1"}, json=pong) as r:
+            body = await r.json()
+            assert body["resource"]["message"]["content"] == "pong" and body["interaction"]["id"] == str(handle.id)
+        async with http.post(callback, json={"type": 4, "data": {"content": "again"}}) as r:
+            assert r.status == 400 and (await r.json())["code"] == 40060
+        emulator.token_lifetime = 0.0
+        async with http.post(followup, json={"content": "too late"}) as r:
+            assert r.status == 401 and (await r.json())["code"] == 50027
+
+        emulator.interaction_deadline = 0.0
+        late = await emulator.slash_command(guild.channel("general"), alice, "ping")
+        async with http.post(f"{api}/interactions/{late.id}/{late.token}/callback", json={"type": 5}) as r:
+            assert r.status == 404 and (await r.json())["code"] == 10062
+    assert handle.content == "pong" and not late.acknowledged
+
+
+async def test_webhook_rules(emulator: DiscordEmulator) -> None:
+    guild = await emulator.create_guild()
+    channel = guild.channel("general")
+    thread = await emulator.create_thread(channel, "t")
+    foreign = emulator.create_webhook(channel, "Other Bot")
+    api, auth = emulator.api_url, {"Authorization": f"Bot {emulator.token}"}
+    button = {"type": 1, "components": [{"type": 2, "style": 1, "label": "x", "custom_id": "x"}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{api}/webhooks/{foreign.id}/{foreign.token}", json={"components": [button]}) as r:
+            assert r.status == 400  # interactive components need an application-owned webhook
+        async with http.post(f"{api}/channels/{thread.id}/webhooks", json={"name": "x"}, headers=auth) as r:
+            assert r.status == 400 and (await r.json())["code"] == 50024
+        for i in range(14):  # the foreign webhook is the 15th
+            async with http.post(f"{api}/channels/{channel.id}/webhooks", json={"name": f"h{i}"}, headers=auth) as r:
+                assert r.status == 200
+        async with http.post(f"{api}/channels/{channel.id}/webhooks", json={"name": "h15"}, headers=auth) as r:
+            assert r.status == 400 and (await r.json())["code"] == 30007
+
+
+def test_message_content_intent_blanks_other_peoples_guild_messages() -> None:
+    from tests.discord_emulator.gateway import INTENT_GUILD_MESSAGES, INTENT_MESSAGE_CONTENT, GatewaySession
+
+    emu = DiscordEmulator()
+    user = emu.create_user("alice")
+    channel = m.Channel(1 << 22, m.GUILD_TEXT, "general", 1 << 22)
+    plain = m.Message(2 << 22, channel.id, channel.guild_id, user, "secret", "user")
+    pinging = m.Message(3 << 22, channel.id, channel.guild_id, user, "hi bot", "user", mention_ids=[emu.bot_user.id])
+    without = GatewaySession(0, 1, INTENT_GUILD_MESSAGES)
+    with_content = GatewaySession(0, 1, INTENT_GUILD_MESSAGES | INTENT_MESSAGE_CONTENT)
+    data = {"content": "secret", "embeds": [{"title": "t"}]}
+    assert emu._content_filter(plain)(without, data)["content"] == ""
+    assert emu._content_filter(plain)(without, data)["embeds"] == []
+    assert emu._content_filter(plain)(with_content, data) is data
+    assert emu._content_filter(pinging)(without, data) is data
