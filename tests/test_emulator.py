@@ -197,6 +197,11 @@ async def test_bot_connects_and_sees_the_world(emulator: DiscordEmulator, run_bo
     await emulator.wait_until(lambda: bot.get_guild(joined.id) and guild.get_thread(side.id), "the new guild/thread")
     new_channel = guild.get_channel(ooc.id)
     assert isinstance(new_channel, discord.TextChannel) and new_channel.topic == "out of character"
+    bot_role = world["guild"].role(emulator.bot_user.username)
+    await emulator.set_role_permissions(bot_role, m.DEFAULT_BOT_PERMISSIONS & ~m.MANAGE_WEBHOOKS)
+    await emulator.wait_until(lambda: not guild.me.guild_permissions.manage_webhooks, "GUILD_ROLE_UPDATE")
+    with pytest.raises(discord.Forbidden):
+        await new_channel.create_webhook(name="Persona Hook")
     dm = await (await bot.fetch_user(world["alice"].id)).create_dm()
     await dm.send("hello in private")
     assert emulator.sent_messages(emulator.create_dm(world["alice"]))[0].content == "hello in private"

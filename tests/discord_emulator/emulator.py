@@ -290,7 +290,10 @@ class DiscordEmulator:
         self.notify()
         return thread
 
-    def create_role(self, guild: m.Guild, name: str, permissions: Any = 0, *, mentionable: bool = False) -> m.Role:
+    async def create_role(
+        self, guild: m.Guild, name: str, permissions: Any = 0, *, mentionable: bool = False
+    ) -> m.Role:
+        """A role (GUILD_ROLE_CREATE when the bot is connected)."""
         role = m.Role(
             self.snowflakes.next(),
             guild.id,
@@ -300,7 +303,19 @@ class DiscordEmulator:
             mentionable=mentionable,
         )
         guild.roles[role.id] = role
+        await self._dispatch_role("GUILD_ROLE_CREATE", role)
         return role
+
+    async def set_role_permissions(self, role: m.Role, permissions: Any) -> None:
+        """Change a role's permission bits (GUILD_ROLE_UPDATE). The bot's own role is
+        ``guild.role(emu.bot_user.username)``; @everyone is ``guild.everyone``."""
+        role.permissions = m.permission_value(permissions)
+        await self._dispatch_role("GUILD_ROLE_UPDATE", role)
+
+    async def _dispatch_role(self, event: str, role: m.Role) -> None:
+        data = {"guild_id": str(role.guild_id), "role": role.payload()}
+        await self.gateway.dispatch(event, data, guild_id=role.guild_id, intent=INTENT_GUILDS)
+        self.notify()
 
     async def add_member(
         self,
@@ -321,7 +336,7 @@ class DiscordEmulator:
         if admin:
             bits |= m.ADMINISTRATOR
         if bits:
-            role_ids.append(self.create_role(guild, f"{user.username} permissions", bits).id)
+            role_ids.append((await self.create_role(guild, f"{user.username} permissions", bits)).id)
         member = m.Member(guild.id, user, nick=nick, role_ids=role_ids)
         guild.members[user.id] = member
         for session in self.gateway.sessions_for_guild(guild.id):
