@@ -110,11 +110,8 @@ class DiscordEmulator:
         app.router.add_route("*", r"/api/v{version:\d+}/{tail:.*}", self.rest.handle)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         await self.gateway.close_all()
@@ -152,7 +149,7 @@ class DiscordEmulator:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
-    async def wait_until(self, predicate: Callable[[], T], what: str, timeout: float | None = None) -> T:
+    async def wait_until(self, predicate: Callable[[], T | None], what: str, timeout: float | None = None) -> T:
         """Wait until ``predicate()`` is truthy and return its value; TimeoutError says what was awaited."""
         timeout = self.default_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()

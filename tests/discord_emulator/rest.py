@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from tests.discord_emulator import api_errors as E
 from tests.discord_emulator import models as m
@@ -194,10 +194,7 @@ class RestApi:
                 continue
             if auth and request.headers.get("Authorization") != f"Bot {self.emu.token}":
                 raise ApiError(401, 0, "401: Unauthorized")
-            files = sorted(
-                (p for p in record.parts if p.filename is not None and _FILE_FIELD.fullmatch(p.name)),
-                key=lambda p: int(_FILE_FIELD.fullmatch(p.name).group(1)),  # type: ignore[union-attr]
-            )
+            files = sorted((p for p in record.parts if _file_index(p) is not None), key=lambda p: _file_index(p) or 0)
             call = Call(match.groupdict(), record.query, record.json, files, record)
             response = await handler(call)
             response.headers.update(_ratelimit_headers(template, match.groupdict()))
@@ -626,12 +623,12 @@ class RestApi:
                     return msg, handle
             raise ApiError(404, E.UNKNOWN_MESSAGE)
         webhook = self._webhook(call, token=True)
-        msg = self.emu.messages.get(call.id("message_id"))
+        found = self.emu.messages.get(call.id("message_id"))
         expected_channel = int(call.query.get("thread_id") or webhook.channel_id)
         # A message in a thread is only found with ?thread_id=, as on Discord.
-        if msg is None or msg.deleted or msg.webhook_id != webhook.id or msg.channel_id != expected_channel:
+        if found is None or found.deleted or found.webhook_id != webhook.id or found.channel_id != expected_channel:
             raise ApiError(404, E.UNKNOWN_MESSAGE)
-        return msg, None
+        return found, None
 
     async def get_webhook_message(self, call: Call) -> web.Response:
         msg, _ = self._webhook_message(call)
@@ -879,10 +876,7 @@ class RestApi:
     ) -> list[m.Attachment] | None:
         """New attachment list, or None to keep the current one. ``attachments`` entries with an existing id keep
         that attachment; numeric ids refer to files[n] uploaded with this request."""
-        uploads = {}
-        for part in files:
-            index = int(_FILE_FIELD.fullmatch(part.name).group(1))  # type: ignore[union-attr]
-            uploads[index] = part
+        uploads = {_file_index(part): part for part in files}
         wanted = body.get("attachments")
         if wanted is None:
             if not uploads:
@@ -966,6 +960,12 @@ class RestApi:
         await self.emu.update_message(msg, changes, record=body)
 
 
+def _file_index(part: Part) -> int | None:
+    """n for a ``files[n]`` part with a file name; None for anything else."""
+    match = _FILE_FIELD.fullmatch(part.name)
+    return int(match.group(1)) if match is not None and part.filename is not None else None
+
+
 def _reference(message: m.Message) -> dict[str, Any]:
     ref: dict[str, Any] = {"type": 0, "message_id": str(message.id), "channel_id": str(message.channel_id)}
     if message.guild_id is not None:
@@ -994,9 +994,9 @@ async def _read_body(request: web.Request) -> tuple[Any, list[Part]]:
         payload: Any = None
         reader = await request.multipart()
         async for part in reader:
-            if part is None:
-                break
-            data = await part.read(decode=False)  # type: ignore[union-attr]
+            if not isinstance(part, BodyPartReader):
+                continue  # nested multipart: Discord does not use it
+            data = await part.read(decode=False)
             name = part.name or ""
             parts.append(Part(name, part.filename, part.headers.get("Content-Type"), bytes(data)))
             if name == "payload_json":
