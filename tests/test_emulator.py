@@ -206,6 +206,9 @@ async def test_bot_connects_and_sees_the_world(emulator: DiscordEmulator, run_bo
     await dm.send("hello in private")
     assert emulator.sent_messages(emulator.create_dm(world["alice"]))[0].content == "hello in private"
 
+    await emulator.remove_guild(joined)
+    await emulator.wait_until(lambda: bot.get_guild(joined.id) is None, "GUILD_DELETE")
+
 
 async def test_on_message_answers_over_rest_and_webhook(
     emulator: DiscordEmulator, run_bot: BotRunner, world: dict

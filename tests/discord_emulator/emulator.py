@@ -223,6 +223,14 @@ class DiscordEmulator:
         await self._dispatch_guild_create(guild)
         return guild
 
+    async def remove_guild(self, guild: m.Guild) -> None:
+        """The bot is kicked from (or leaves) a guild: GUILD_DELETE, and the guild is gone from the emulator."""
+        await self.gateway.dispatch("GUILD_DELETE", {"id": str(guild.id)}, guild_id=guild.id, intent=INTENT_GUILDS)
+        self.guilds.pop(guild.id, None)
+        for channel_id in guild.channels:
+            self.channels.pop(channel_id, None)
+        self.notify()
+
     def _add_channel(self, guild: m.Guild, channel: m.Channel) -> m.Channel:
         guild.channels[channel.id] = channel
         self.channels[channel.id] = channel
