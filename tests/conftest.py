@@ -8,6 +8,8 @@ import pytest
 
 from tests.support.tiny_model import make_tiny_gguf
 
+pytest_plugins = ["tests.discord_emulator.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
