@@ -117,3 +117,110 @@ async def test_out_of_character_and_bot_messages_do_not_trigger(emulator: Discor
     prompt = w.engine.prompts[0]
     assert "brb" not in prompt and "out of character" not in prompt
     assert "Tupper: I am another bot talking" in prompt
+
+
+def _button(message, label_part: str) -> str:
+    for row in message.components:
+        for comp in row.get("components", []):
+            text = f"{comp.get('label', '')}{comp.get('emoji', {}).get('name', '')}"
+            if label_part in text and not comp.get("disabled"):
+                return comp["custom_id"]
+    raise AssertionError(f"no enabled button {label_part!r} in {message.components}")
+
+
+async def _final(emulator: DiscordEmulator, message, text: str) -> None:
+    await emulator.wait_until(lambda: message.content == text and message.components, f"reply {text!r} with buttons")
+
+
+async def test_regenerate_swipe_continue_and_delete(emulator: DiscordEmulator, run_bot) -> None:
+    w = await make_world(emulator, run_bot, replies=["First answer.", "Second answer.", "and then she smiled."])
+    trigger = await emulator.user_message(w.channel, w.alice, "Seraphina?")
+    reply = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, reply, "First answer.")
+
+    click = await emulator.click_button(reply, _button(reply, "Regenerate"), w.bob)
+    await click.wait_response()
+    await _final(emulator, reply, "Second answer.")
+    assert "2/2" in str(reply.components)
+    # The regenerated prompt is the same conversation: it ends before the reply it replaces.
+    assert "First answer." not in w.engine.prompts[1] and "Alice: Seraphina?" in w.engine.prompts[1]
+
+    click = await emulator.click_button(reply, _button(reply, "◀"), w.alice)
+    await click.wait_response()
+    await _final(emulator, reply, "First answer.")
+    assert "1/2" in str(reply.components)
+
+    click = await emulator.click_button(reply, _button(reply, "Continue"), w.alice)
+    await click.wait_response()
+    await _final(emulator, reply, "First answer. and then she smiled.")
+    assert w.engine.prompts[2].rstrip().endswith("First answer.")
+
+    # The store follows the shown swipe, so the next prompt sees what people see.
+    async def stored_text() -> bool:
+        async with w.bot.db.session() as s:
+            row = await msg_repo.get_message(s, reply.id)
+        return row is not None and row.content == "First answer. and then she smiled."
+
+    await eventually(stored_text, "the continued text in the store")
+
+    refused = await emulator.click_button(reply, _button(reply, "🗑"), w.bob)
+    await refused.wait_response()
+    assert refused.ephemeral and "Only the person who asked" in refused.content
+    assert not reply.deleted
+
+    click = await emulator.click_button(reply, _button(reply, "🗑"), w.alice)
+    await click.wait_response()
+    await emulator.wait_until(lambda: reply.deleted, "the reply deleted")
+
+    async def reply_gone() -> bool:
+        async with w.bot.db.session() as s:
+            return await msg_repo.get_message(s, reply.id) is None
+
+    await eventually(reply_gone, "the reply removed from the store")
+    async with w.bot.db.session() as s:
+        assert await msg_repo.get_message(s, trigger.id) is not None
+
+
+async def test_only_the_latest_reply_keeps_buttons(emulator: DiscordEmulator, run_bot) -> None:
+    w = await make_world(emulator, run_bot, replies=["One.", "Two."])
+    await emulator.user_message(w.channel, w.alice, "Seraphina, one")
+    first = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, first, "One.")
+    await emulator.user_message(w.channel, w.alice, "Seraphina, two")
+    second = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, second, "Two.")
+    await emulator.wait_until(lambda: not first.components, "buttons removed from the older reply")
+
+
+async def test_edits_and_deletes_reach_the_next_prompt(emulator: DiscordEmulator, run_bot) -> None:
+    w = await make_world(emulator, run_bot, replies="Noted.")
+    typo = await emulator.user_message(w.channel, w.bob, "I have a blue hat")
+    secret = await emulator.user_message(w.channel, w.bob, "my password is hunter2")
+    await emulator.edit_message(typo, "I have a red hat")
+    await emulator.delete_message(secret)
+    await emulator.user_message(w.channel, w.alice, "Seraphina, what does Bob wear?")
+    reply = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, reply, "Noted.")
+    prompt = w.engine.prompts[-1]
+    assert "Bob: I have a red hat" in prompt and "blue" not in prompt and "hunter2" not in prompt
+
+
+async def test_persona_and_buttons_survive_a_restart(emulator: DiscordEmulator, run_bot) -> None:
+    w = await make_world(emulator, run_bot, replies=["Before restart.", "After restart.", "Regenerated."])
+    await emulator.user_message(w.channel, w.alice, "Seraphina, hi")
+    reply = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, reply, "Before restart.")
+    engine = w.engine
+    await run_bot.stop(w.bot)
+
+    bot = await run_bot(engine=engine, start_generation=True, extensions=w.bot.extensions_to_load,
+                        settings={"stream_edit_interval": 0.2})
+    # The old reply's buttons still work (their state is in the custom id) ...
+    click = await emulator.click_button(reply, _button(reply, "Regenerate"), w.alice)
+    await click.wait_response()
+    await _final(emulator, reply, "After restart.")
+    # ... and the persona is still active.
+    await emulator.user_message(w.channel, w.bob, "Seraphina, still there?")
+    again = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, again, "Regenerated.")
+    assert bot.get_cog("ChatCog") is not None
