@@ -123,7 +123,8 @@ class _Item:
     role: Role  # USER (humans, bots, other personas) or MODEL (this persona)
     speaker: str
     line: str  # USER: "Name: text"; MODEL: "text" (the name is written once per turn)
-    tokens: int
+    first: int  # tokens as the first item of a turn: marker (and the persona's name) included
+    joined: int  # tokens as a further line of the previous item's turn: "\n" + line
     scan: str  # "Name: text", what the lorebook scans
 
 
@@ -141,6 +142,7 @@ class _Window:
     """What a conversation's last prompt looked like, so the next one can keep its prefix."""
 
     persona_key: str
+    user: str  # whom {{user}} names in the definitions while this window lasts
     anchor_id: int | None
     head_lore: tuple[str, ...]
     late_lore: dict[str, int]
@@ -159,12 +161,12 @@ class _Layout:
     dropped: list[str] = field(default_factory=list)
 
 
-class _LRU(OrderedDict[Any, int]):
+class _LRU(OrderedDict[Any, Any]):
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
 
-    def put(self, key: Any, value: int) -> None:
+    def put(self, key: Any, value: Any) -> None:
         self[key] = value
         self.move_to_end(key)
         while len(self) > self.size:
@@ -222,13 +224,18 @@ class PromptBuilder:
             self._texts.put(text, value)
         return value
 
-    def _count_message(self, key: tuple[Any, ...], line: str) -> int:
+    def _count_message(self, key: tuple[Any, ...], first: str, joined: str) -> tuple[int, int]:
+        """Token counts of a message line in its two possible places, cached by message id, edit and text.
+
+        Each is counted with its surroundings (the turn marker, the newline) because tokenizers merge across
+        such joins: counting the line alone would misjudge every turn by a token or so.
+        """
         with self._lock:
             cached = self._messages.get(key)
             if cached is not None:
                 self._messages.move_to_end(key)
-                return cached
-        value = self.counter.count_tokens(line)
+                return cached  # type: ignore[no-any-return]
+        value = (self.counter.count_tokens(first), self.counter.count_tokens(joined))
         with self._lock:
             self._messages.put(key, value)
             self.tokenized_messages += 1
@@ -295,7 +302,13 @@ class PromptBuilder:
         if conversation is not None:
             with self._lock:
                 window = self._windows.get(conversation)
-        layout = ctx.reuse(window) if window is not None else None
+        layout = None
+        if window is not None and window.persona_key == ctx.defs.key:
+            ctx.set_definition_user(window.user)
+            layout = ctx.reuse(window)
+            if layout is None and not ctx.has_spoken(window.user):
+                # A new window may keep the old name (and the system block with it) while that person is around.
+                ctx.set_definition_user(ctx.user)
         if layout is None:
             layout = ctx.fresh(keep_room=conversation is not None, previous=window)
         prompt = ctx.finish(layout)
@@ -370,22 +383,14 @@ class _Context:
         self.persona_id = persona_id
         self.mentions = Mentions.coerce(mentions)
         self.defs = builder._definitions_for(persona)
-        self.marker_tokens = {role: builder._count(role.marker) for role in Role}
         self.newline_tokens = builder._count("\n")
-        self.name_tokens = builder._count(f"{self.char}: ")
-        self._system_bodies: dict[tuple[str, ...], str] = {}
-
-        # Persona texts for this turn (macros need the triggering user's name).
-        self.description = self._field(persona.description)
-        self.personality = self._field(persona.personality)
-        self.scenario = self._field(persona.scenario)
-        template = with_original(persona.system_prompt, builder.default_system_prompt)
-        self.template = expand_macros(
-            template if persona.system_prompt.strip() else builder.default_system_prompt, char=self.char, user=self.user
-        )
+        self.set_definition_user(self.user)
+        # The post-history instructions sit after the history, outside the cached prefix: always the real user.
         phi_template = with_original(persona.post_history_instructions, builder.default_post_history)
-        self.post_history = self._field(
-            phi_template if persona.post_history_instructions.strip() else builder.default_post_history
+        self.post_history = _persona_text(
+            phi_template if persona.post_history_instructions.strip() else builder.default_post_history,
+            self.char,
+            self.user,
         )
 
         self.items = self._render(history)
@@ -408,8 +413,32 @@ class _Context:
 
     # ---- persona texts -----------------------------------------------------------------------------------------
 
+    def set_definition_user(self, name: str) -> None:
+        """Whose name ``{{user}}`` stands for in the persona's definitions (system block, examples, lorebook).
+
+        It is the triggering user when a conversation's first window is built, and stays so while that person takes
+        part in the history: in a channel where several people take turns, following each trigger would rewrite
+        the system block, and with it the whole cached prefix, on nearly every turn. The post-history instructions
+        always name the triggering user.
+        """
+        self.def_user = name
+        self._system_bodies: dict[tuple[str, ...], str] = {}
+        persona = self.persona
+        self.description = self._field(persona.description)
+        self.personality = self._field(persona.personality)
+        self.scenario = self._field(persona.scenario)
+        template = with_original(persona.system_prompt, self.b.default_system_prompt)
+        self.template = expand_macros(
+            template if persona.system_prompt.strip() else self.b.default_system_prompt, char=self.char, user=name
+        )
+
+    def has_spoken(self, name: str) -> bool:
+        """Whether ``name`` wrote any of the history's messages."""
+        folded = name.casefold()
+        return any(item.role is Role.USER and item.speaker.casefold() == folded for item in self.items)
+
     def _field(self, text: str) -> str:
-        return _persona_text(text, self.char, self.user)
+        return _persona_text(text, self.char, self.def_user)
 
     def lore_text(self, match: LoreMatch) -> str:
         return self._field(match.entry.content)
@@ -508,10 +537,11 @@ class _Context:
                 speaker = clean_name(raw_name or message.author_name)
                 line = neutralize(f"{speaker}: {text}")
                 role = Role.USER
-            key = (message.id, message.edited_at, line)
-            tokens = self.b._count_message(key, line)
+            head = role.marker + (f"{self.char}: " if role is Role.MODEL else "")
+            key = (message.id, message.edited_at, head, line)
+            first, joined = self.b._count_message(key, head + line, "\n" + line)
             scan = line if role is Role.USER else f"{speaker}: {line}"
-            items.append(_Item(message.id, role, speaker, line, tokens, scan))
+            items.append(_Item(message.id, role, speaker, line, first, joined, scan))
         return items
 
     def _continuation(self, text: str) -> str:
@@ -534,10 +564,9 @@ class _Context:
         self.first_cost: list[int] = []
         self.next_cost: list[int] = []
         for i, item in enumerate(self.items):
-            first = self.marker_tokens[item.role] + item.tokens + (self.name_tokens if item.role is Role.MODEL else 0)
-            self.first_cost.append(first)
+            self.first_cost.append(item.first)
             joins = i > 0 and self.items[i - 1].role is item.role
-            self.next_cost.append(self.newline_tokens + item.tokens if joins else first)
+            self.next_cost.append(item.joined if joins else item.first)
         self.index_of = {item.msg_id: i for i, item in enumerate(self.items) if item.msg_id is not None}
 
     def history_cost(self, start: int, breaks: set[int]) -> int:
@@ -610,7 +639,7 @@ class _Context:
                 if not text:
                     continue
                 if ex.role is Role.USER:
-                    body = f"{self.user}: {text}"
+                    body = f"{self.def_user}: {text}"
                 elif ex.role is Role.MODEL:
                     body = f"{self.char}: {text}"
                 else:
@@ -676,9 +705,7 @@ class _Context:
         total += self.example_cost(layout.examples)
         breaks = self.breaks(layout)
         if layout.newest is not None:
-            total += self.marker_tokens[layout.newest.role] + layout.newest.tokens
-            if layout.newest.role is Role.MODEL:
-                total += self.name_tokens
+            total += layout.newest.first
         else:
             total += self.history_cost(layout.start, breaks)
         total += sum(self.b._count(t.text) for turns in self.insertions(layout).values() for t in turns)
@@ -761,11 +788,11 @@ class _Context:
         """``item`` shortened so that its turn fits ``max_tokens`` (the newest message is always shown)."""
         prefix = f"{item.speaker}: " if item.role is Role.USER else ""
         body = item.line[len(prefix) :] if prefix and item.line.startswith(prefix) else item.line
-        overhead = self.marker_tokens[item.role] + (self.name_tokens if item.role is Role.MODEL else 0)
+        head = item.role.marker + (f"{self.char}: " if item.role is Role.MODEL else "")
         count = self.b.counter.count_tokens
 
         def fits(size: int) -> bool:
-            return overhead + count(prefix + body[:size].rstrip() + CUT_MARKER) <= max_tokens
+            return count(head + prefix + body[:size].rstrip() + CUT_MARKER) <= max_tokens
 
         low, high = 0, len(body)
         while low < high:
@@ -775,7 +802,7 @@ class _Context:
             else:
                 high = mid - 1
         line = neutralize(prefix + body[:low].rstrip() + CUT_MARKER)
-        return replace(item, line=line, tokens=count(line))
+        return replace(item, line=line, first=count(head + line), joined=count("\n" + line))
 
     def _cut_continuation(self, avail: int) -> str:
         assert self.continuation is not None
@@ -856,8 +883,8 @@ class _Context:
             return True
         if n:
             current = layout.newest or self.items[-1]
-            target = self.marker_tokens[current.role] + current.tokens - over - 1
-            if target < MIN_NEWEST_TOKENS // 2 or current.tokens <= 1:
+            target = current.first - over - 1
+            if target < MIN_NEWEST_TOKENS // 2:
                 return False
             layout.start = n - 1
             layout.newest = self._cut_item(self.items[-1], target)
@@ -878,9 +905,15 @@ class _Context:
         return self._result(layout, turns, text, tokens)
 
     def _result(self, layout: _Layout, turns: list[Turn], text: str, tokens: int) -> BuiltPrompt:
+        # History turns are not recounted (they change every turn): their cached per-message counts add up.
         parts = {"system": 0, "lore": 0, "examples": 0, "history": 0, "post_history": 0, "reply": 0}
         for turn in turns:
-            parts[turn.part] += self.b._count(turn.text)
+            if turn.part != "history":
+                parts[turn.part] += self.b._count(turn.text)
+        if layout.newest is not None:
+            parts["history"] = layout.newest.first
+        else:
+            parts["history"] = self.history_cost(layout.start, self.breaks(layout))
         head_lore_tokens = sum(self.lore_cost(m) for m, _ in layout.head_lore)
         parts["system"] -= head_lore_tokens
         parts["lore"] += head_lore_tokens
@@ -926,6 +959,7 @@ class _Context:
         anchor = self.items[layout.start].msg_id if layout.start < len(self.items) else None
         return _Window(
             persona_key=self.defs.key,
+            user=self.def_user,
             anchor_id=anchor,
             head_lore=tuple(m.entry.uid for m, _ in layout.head_lore),
             late_lore={uid: msg_id for uid, (_, msg_id, _) in layout.late_lore.items()},

@@ -295,7 +295,10 @@ def _keys(value: Any, options: Mapping[str, bool], where: str, problems: list[st
     for raw in value:
         if not isinstance(raw, str) or not raw.strip():
             continue
-        raw = raw.strip()[:MAX_KEY_CHARS]
+        raw = raw.strip()
+        if len(raw) > MAX_KEY_CHARS:
+            problems.append(f"{where}: a key of {len(raw)} characters skipped (at most {MAX_KEY_CHARS})")
+            continue
         try:
             keys.append(_Key(raw, **options))
         except UnsafePattern as exc:
