@@ -102,7 +102,8 @@ async def test_the_event_loop_keeps_running_during_generation(engine: LlamaCppEn
     chunks = [chunk async for chunk in stream]
     done.set()
     await task
-    assert len(chunks) > 100
+    # Text arrives in pieces as it is produced (tokens that pile up between wake-ups come as one chunk), all of it.
+    assert stream.result is not None and len(chunks) > 1 and "".join(chunks) == stream.result.text
     assert ticks > len(chunks)  # the loop ran other work between (and while waiting for) chunks
 
 
