@@ -209,6 +209,7 @@ class PromptBuilder:
         self._lock = threading.Lock()
         self._messages: _LRU[tuple[Any, ...], tuple[int, int]] = _LRU(message_cache_size)
         self._texts: _LRU[str, int] = _LRU(4096)
+        self._items: _LRU[tuple[Any, ...], _Item] = _LRU(message_cache_size)  # rendered plain messages
         self._windows: OrderedDict[Hashable, _Window] = OrderedDict()
         self._window_limit = conversation_cache_size
         self._definitions: OrderedDict[str, _Definitions] = OrderedDict()
@@ -244,6 +245,17 @@ class PromptBuilder:
             self._messages.put(key, value)
             self.tokenized_messages += 1
         return value
+
+    def _cached_item(self, key: tuple[Any, ...]) -> _Item | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def _keep_item(self, key: tuple[Any, ...], item: _Item) -> None:
+        with self._lock:
+            self._items.put(key, item)
 
     # ---- public API --------------------------------------------------------------------------------------------
 
@@ -528,6 +540,16 @@ class _Context:
             kind = kind_of(message)
             own = self._is_own(message, kind)
             content = message.content or ""
+            raw_name = users.get(message.author_id) if kind is MessageKind.HUMAN and not own else None
+            # A message without markup or attachments renders from these fields alone. Every turn passes the whole
+            # recent history, so re-rendering it was most of a build's time.
+            plain = not message.attachments and "<" not in content
+            if plain:
+                cache_key = (message.id, message.edited_at, content, message.author_name, raw_name, own, self.char)
+                cached = self.b._cached_item(cache_key)
+                if cached is not None:
+                    items.append(cached)
+                    continue
             if not own and is_out_of_character(content):
                 continue
             text = message_text(content, message.attachments, self.mentions, created_at=message.created_at)
@@ -537,7 +559,6 @@ class _Context:
                 speaker, line = self.char, neutralize(text)
                 role = Role.MODEL
             else:
-                raw_name = users.get(message.author_id) if kind is MessageKind.HUMAN else None
                 speaker = clean_name(raw_name or message.author_name)
                 line = neutralize(f"{speaker}: {text}")
                 role = Role.USER
@@ -545,7 +566,10 @@ class _Context:
             key = (message.id, message.edited_at, head, line)
             first, joined = self.b._count_message(key, head + line, "\n" + line)
             scan = line if role is Role.USER else f"{speaker}: {line}"
-            items.append(_Item(message.id, role, speaker, line, first, joined, scan))
+            item = _Item(message.id, role, speaker, line, first, joined, scan)
+            if plain:
+                self.b._keep_item(cache_key, item)
+            items.append(item)
         return items
 
     def _continuation(self, text: str) -> str:
