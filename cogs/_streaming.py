@@ -41,6 +41,10 @@ class ReplyWriter:
     def posted_any(self) -> bool:
         return bool(self.parts)
 
+    def due(self) -> bool:
+        """Whether ``show()`` would update Discord now (the interval since the last update has passed)."""
+        return time.monotonic() - self._last_flush >= self.interval
+
     async def show(self, text: str, *, force: bool = False) -> None:
         """Show in-progress text, at most once per interval unless forced."""
         now = time.monotonic()

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import ChainMap, OrderedDict, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -401,10 +402,10 @@ class ChatCog(commands.Cog):
     def _speaker(self, persona: Persona) -> Speaker:
         return Speaker(persona.id, persona.nickname or persona.name, persona.avatar)
 
-    def _mentions(self, guild: discord.Guild, persona: Persona) -> dict[str, dict[int, str]]:
-        users = dict(self._names)
-        if self.bot.user is not None:
-            users[self.bot.user.id] = persona.nickname or persona.name
+    def _mentions(self, guild: discord.Guild, persona: Persona) -> dict[str, Mapping[int, str]]:
+        # A view, not a copy: the name cache holds up to NAME_CACHE_SIZE people and the builder only looks names up.
+        own = {self.bot.user.id: persona.nickname or persona.name} if self.bot.user is not None else {}
+        users = ChainMap(own, self._names)
         return {
             "users": users,
             "channels": {c.id: c.name for c in guild.channels},
@@ -497,7 +498,7 @@ class ChatCog(commands.Cog):
             gen_id, active, channel, posted, writer, text, alternatives=[text], selected_index=0, **fields
         )
         if previous is not None:
-            await self._strip_buttons(channel, previous)
+            await self._strip_buttons(channel, *previous)
 
     async def _create_generation(self, **fields: Any) -> int:
         async with self.bot.db.session() as session:
@@ -641,6 +642,10 @@ class ChatCog(commands.Cog):
             async for chunk in req.chunks():
                 first_chunk.set()
                 raw += chunk
+                if not policy.filters and not writer.due():
+                    # Nothing to check, nothing to show yet: cleaning the whole text again for every chunk made a
+                    # reply cost quadratic time in its length.
+                    continue
                 try:
                     visible = clean_reply(raw, persona.nickname or persona.name, participants)
                 except EmptyReply:
@@ -725,9 +730,10 @@ class ChatCog(commands.Cog):
         writer: ReplyWriter,
         text: str,
         **fields: Any,
-    ) -> int | None:
+    ) -> tuple[int, Persona] | None:
         """Record the reply: its messages in the store (so later prompts see it) and, in one write, the generation's
-        fields and message ids. Returns the id of the channel's previous reply that still has buttons."""
+        fields and message ids. Returns the last message of the channel's previous reply that still has buttons, and
+        its persona (read in the same transaction, so stripping them needs no second one)."""
         from bot.chat.splitting import split_message
 
         parts = split_message(text)
@@ -749,7 +755,7 @@ class ChatCog(commands.Cog):
             for p, part in zip(posted, parts, strict=False)
         ]
         old_ids: list[int] = []
-        previous: int | None = None
+        previous: tuple[int, Persona] | None = None
         async with self.bot.db.session() as session:
             row = await gen_repo.get_generation(session, gen_id)
             if row is not None:
@@ -763,23 +769,27 @@ class ChatCog(commands.Cog):
                 row.reply_message_id = posted[0].id if posted else None
                 row.sampler = {**(row.sampler or {}), "via_webhook": all(p.via_webhook for p in posted)}
                 prev = await gen_repo.previous_reply(session, channel.id, gen_id)
-                previous = prev.id if prev is not None else None
+                if prev is not None and prev.reply_message_ids and prev.persona_id is not None:
+                    # The active persona is already in memory; another one (switched since) is read here.
+                    persona = (
+                        active.persona
+                        if prev.persona_id == active.persona.id
+                        else await session.get(Persona, prev.persona_id)
+                    )
+                    if persona is not None:
+                        previous = (prev.reply_message_ids[-1], persona)
         if old_ids:
             self.history.delete(channel.id, old_ids)
             self.writer.delete(old_ids)
         self._save(records)
         return previous
 
-    async def _strip_buttons(self, channel: discord.TextChannel | discord.Thread, gen_id: int) -> None:
-        """Only the latest reply keeps its buttons."""
-        async with self.bot.db.session() as session:
-            row = await gen_repo.get_generation(session, gen_id)
-            if row is None or not row.reply_message_ids:
-                return
-            last_id = row.reply_message_ids[-1]
-            persona = await session.get(Persona, row.persona_id) if row.persona_id else None
+    async def _strip_buttons(
+        self, channel: discord.TextChannel | discord.Thread, last_id: int, persona: Persona
+    ) -> None:
+        """Only the latest reply keeps its buttons: take them off message ``last_id`` (the previous reply's last)."""
         stored = await self.stored_message(channel.id, last_id)
-        if stored is None or persona is None:
+        if stored is None:
             return
         posted = Posted(last_id, channel.id, stored.author_id != self.bot.user.id, stored.author_id)
         try:

@@ -325,3 +325,43 @@ async def test_streaming_edits_are_throttled_and_final_text_always_sent(emulator
     content_edits = [e for e in reply.edits if "content" in e]
     assert 1 <= len(content_edits) <= 6  # ~1.2 s at one edit per 0.5 s, plus the final one
     assert reply.content_history and all(text.startswith(h.removesuffix(" …")) for h in reply.content_history)
+
+
+async def test_buttons_leave_the_previous_reply_when_another_persona_answers(
+    emulator: DiscordEmulator, run_bot
+) -> None:
+    from bot.storage import channels as channel_repo
+    from bot.storage import personas as persona_repo
+
+    w = await make_world(emulator, run_bot, replies=["I am Seraphina.", "I am Aria."])
+    await emulator.user_message(w.channel, w.alice, "Seraphina, who are you?")
+    first = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, first, "I am Seraphina.")
+    async with w.bot.db.session() as session:
+        aria = await persona_repo.create_persona(session, w.guild.id, "Aria", description="A bard.")
+        await channel_repo.set_active_persona(session, w.guild.id, w.channel.id, aria.id)
+    w.bot.get_cog("ChatCog").invalidate_channel(w.channel.id)
+    await emulator.user_message(w.channel, w.alice, "Aria, and you?")
+    second = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, second, "I am Aria.")
+    assert second.username == "Aria"
+    await emulator.wait_until(lambda: not first.components, "buttons removed from Seraphina's reply")
+    assert first.content == "I am Seraphina." and first.username == "Seraphina"
+
+
+async def test_an_output_filter_stops_a_stream_as_soon_as_it_matches(emulator: DiscordEmulator, run_bot) -> None:
+    from bot.storage import moderation as mod_repo
+    from tests.support.scripted_engine import ScriptedEngine
+
+    # The filtered word comes early in a long, slow reply: the stream must stop there, between two Discord updates.
+    text = "Fine, the secret is dragonfruit and " + " ".join(f"word{i}" for i in range(40)) + "."
+    engine = ScriptedEngine(text, delay=0.02)
+    w = await make_world(emulator, run_bot, engine=engine, settings={"stream_edit_interval": 5.0})
+    async with w.bot.db.session() as session:
+        await mod_repo.add_filter(session, w.guild.id, "dragonfruit", is_regex=False, by=w.mod.id)
+    w.bot.get_cog("ChatCog").invalidate_guild(w.guild.id)
+    await emulator.user_message(w.channel, w.alice, "Seraphina, tell me the secret")
+    reply = await emulator.wait_for_webhook_message(w.channel)
+    await emulator.wait_until(lambda: "withheld" in reply.content, "the withheld notice")
+    assert all("dragonfruit" not in seen for seen in [*reply.content_history, reply.content])
+    assert engine.completed == 0 and engine.cancelled == 2  # both attempts stopped at the filtered word
