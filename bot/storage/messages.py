@@ -55,18 +55,30 @@ async def save_messages(session: AsyncSession, records: Sequence[MessageRecord])
         }
         for r in records
     ]
-    stmt = dialect_insert(session, StoredMessage).values(rows)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[StoredMessage.id],
-        set_={
-            "content": stmt.excluded.content,
-            "attachments": stmt.excluded.attachments,
-            "author_name": stmt.excluded.author_name,
-            "edited_at": stmt.excluded.edited_at,
-            "persona_id": stmt.excluded.persona_id,
-        },
-    )
-    await session.execute(stmt)
+    # One statement per dialect, run with the rows as parameters: SQLAlchemy compiles it once. Rendering the rows
+    # into a multi-row VALUES built and compiled a new statement for every batch (two thirds of a batch's cost).
+    await session.execute(_upsert_statement(session), rows)
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert_statement(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    stmt = _UPSERTS.get(dialect)
+    if stmt is None:
+        insert = dialect_insert(session, StoredMessage)
+        stmt = _UPSERTS[dialect] = insert.on_conflict_do_update(
+            index_elements=[StoredMessage.id],
+            set_={
+                "content": insert.excluded.content,
+                "attachments": insert.excluded.attachments,
+                "author_name": insert.excluded.author_name,
+                "edited_at": insert.excluded.edited_at,
+                "persona_id": insert.excluded.persona_id,
+            },
+        )
+    return stmt
 
 
 async def save_message(session: AsyncSession, record: MessageRecord) -> None:
