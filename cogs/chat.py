@@ -153,8 +153,15 @@ class ChatCog(commands.Cog):
     def _spawn(self, coro: Any, *, channel_id: int | None = None) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        # Failures a reply task does not turn into a notice itself (e.g. the database timing out under overload)
+        # would otherwise surface only as asyncio's "exception was never retrieved", if ever.
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("a chat task failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
 
     @property
     def builder(self) -> PromptBuilder:

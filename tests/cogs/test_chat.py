@@ -365,3 +365,25 @@ async def test_an_output_filter_stops_a_stream_as_soon_as_it_matches(emulator: D
     await emulator.wait_until(lambda: "withheld" in reply.content, "the withheld notice")
     assert all("dragonfruit" not in seen for seen in [*reply.content_history, reply.content])
     assert engine.completed == 0 and engine.cancelled == 2  # both attempts stopped at the filtered word
+
+
+async def test_a_failure_after_the_reply_is_posted_is_logged_by_the_cog(
+    emulator: DiscordEmulator, run_bot, error_log_guard
+) -> None:
+    import logging
+
+    w = await make_world(emulator, run_bot, replies="Posted anyway.")
+    cog = w.bot.get_cog("ChatCog")
+
+    async def store_fails(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the store is unavailable")
+
+    cog._store_reply = store_fails  # e.g. SQLite timing out under overload
+    error_log_guard.allow(r"a chat task failed: RuntimeError: the store is unavailable")
+    await emulator.user_message(w.channel, w.alice, "Seraphina?")
+    reply = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, reply, "Posted anyway.")
+    await emulator.wait_until(
+        lambda: any(r.levelno == logging.ERROR and r.name == "cogs.chat" for r in error_log_guard.records),
+        "the failure logged by the chat cog",
+    )
