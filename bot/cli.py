@@ -137,7 +137,7 @@ async def _serve(settings: Settings, token: str) -> int:
     from bot.storage import Database
 
     db = Database(settings.database_url)
-    bot = RPBot(settings, db)
+    bot = RPBot(settings, db, freeze_gc=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
