@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import inspect
 import json
 import logging
 import random
@@ -171,6 +172,8 @@ async def start_bot(info: dict[str, Any], folder: Path) -> RPBot:
         queue_max_size=100_000,
         stream_edit_interval=1.0,
     )
+    # As `rpbot run` does (older versions of the bot, measured for comparison, lack the option).
+    freeze = {"freeze_gc": True} if "freeze_gc" in inspect.signature(RPBot.__init__).parameters else {}
     bot = RPBot(
         settings,
         Database(url),
@@ -178,8 +181,8 @@ async def start_bot(info: dict[str, Any], folder: Path) -> RPBot:
         extensions=EXTENSIONS,
         identify_delay=0,
         start_generation=True,
-        freeze_gc=True,  # as `rpbot run` does
         guild_ready_timeout=0.05,
+        **freeze,
     )
     await bot.login(info["token"])
     bot._bench_task = asyncio.create_task(bot.connect())  # type: ignore[attr-defined]
