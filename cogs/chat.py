@@ -266,8 +266,15 @@ class ChatCog(commands.Cog):
         self._backfilled = True
         self._spawn(self._backfill_all())
 
-    async def _backfill_all(self) -> None:
-        guild_ids = [g.id for g in self.bot.guilds]
+    @commands.Cog.listener()
+    async def on_shard_ready(self, shard_id: int) -> None:
+        # A shard that lost its session IDENTIFYs afresh, and Discord replays nothing of what was said meanwhile:
+        # read it from the channels' history. (The first READY is on_ready's; a RESUME replays, so needs nothing.)
+        if self._backfilled:
+            self._spawn(self._backfill_all(shard_id))
+
+    async def _backfill_all(self, shard_id: int | None = None) -> None:
+        guild_ids = [g.id for g in self.bot.guilds if shard_id is None or g.shard_id == shard_id]
         async with self.bot.db.session() as session:
             rows = await channel_repo.channels_with_persona(session, guild_ids)
         for row in rows:
@@ -281,17 +288,20 @@ class ChatCog(commands.Cog):
     async def backfill(self, channel: discord.TextChannel | discord.Thread, limit: int = BACKFILL_LIMIT) -> int:
         """Store what was said while the bot was away (or before a persona was activated). Returns how many."""
         await self.writer.flush()
-        async with self.bot.db.session() as session:
-            newest = await msg_repo.newest_message_id(session, channel.id)
-        after = discord.Object(newest) if newest else None
         records: list[MessageRecord] = []
-        async for message in channel.history(limit=limit, after=after, oldest_first=after is not None):
+        # The newest messages, not those after the newest stored one: a reply posted while the gateway was down is
+        # newer than what people said in that gap. Only messages the store lacks are added (edits stay as they are).
+        async for message in channel.history(limit=limit):
             if message.author.id == self.bot.user.id or self.poster.is_own_webhook(message.webhook_id):
                 continue  # our own replies are stored when sent
-            if message.type not in TRIGGER_TYPES:
+            if message.type not in TRIGGER_TYPES or self.history.get(channel.id, message.id) is not None:
                 continue
             records.append(self._record(message, self._kind_of(message)))
             self._remember_name(message.author.id, message.author.display_name)
+        if records:
+            async with self.bot.db.session() as session:
+                known = await msg_repo.existing_ids(session, [r.id for r in records])
+            records = sorted((r for r in records if r.id not in known), key=lambda r: r.id)
         self._save(records)
         return len(records)
 
@@ -696,10 +706,23 @@ class ChatCog(commands.Cog):
             notice = f"*({name} cannot answer: {exc})*"
         elif isinstance(exc, EngineError):
             notice = f"*({name} could not answer because the model failed. Press Try again.)*"
+        elif isinstance(exc, discord.HTTPException):
+            notice = f"*({name} could not post the reply because Discord refused or failed. Press Try again.)*"
         else:
             notice = f"*({name} could not answer because of an internal error. Press Try again.)*"
-        if isinstance(exc, EngineError | QueueFull | RequestTimedOut | PromptError | UserFacingError):
+        if isinstance(exc, discord.Forbidden):
+            # Not a bug: server staff took a permission away. Say which, for the operator; no traceback.
+            log.warning(
+                "cannot post in channel %s of guild %s: %s (the bot needs View Channel and Send Messages there)",
+                channel.id,
+                active.guild_id,
+                exc,
+            )
+        elif isinstance(exc, EngineError | QueueFull | RequestTimedOut | PromptError | UserFacingError):
             log.warning("reply in channel %s failed: %s: %s", channel.id, type(exc).__name__, exc)
+        elif isinstance(exc, discord.HTTPException):
+            # Discord's own trouble (5xx after discord.py's retries): an outage, not a bug of ours.
+            log.warning("reply in channel %s failed: Discord answered %s", channel.id, exc)
         else:
             log.error("reply in channel %s failed unexpectedly", channel.id, exc_info=exc)
         await self._finish_generation(gen_id, GenerationStatus.FAILED, reason=f"{type(exc).__name__}: {exc}"[:500])

@@ -147,6 +147,14 @@ async def history(
     return rows
 
 
+async def existing_ids(session: AsyncSession, message_ids: Sequence[int]) -> set[int]:
+    """Which of ``message_ids`` are stored."""
+    if not message_ids:
+        return set()
+    stmt = select(StoredMessage.id).where(StoredMessage.id.in_(list(message_ids)))
+    return set((await session.scalars(stmt)).all())
+
+
 async def newest_message_id(session: AsyncSession, channel_id: int) -> int | None:
     stmt = select(func.max(StoredMessage.id)).where(StoredMessage.channel_id == channel_id)
     value = await session.scalar(stmt)
