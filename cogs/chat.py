@@ -36,8 +36,8 @@ from bot.storage import moderation as mod_repo
 from bot.storage.messages import MessageRecord
 from bot.storage.models import ChannelSettings, GenerationStatus, MessageKind, Persona, ReplyMode, utcnow
 from cogs._buttons import ReplyButton, reply_view, retry_view
-from cogs._streaming import ReplyWriter
-from cogs._webhooks import NO_MENTIONS, PersonaPoster, Posted, Speaker
+from cogs._streaming import CURSOR, ReplyWriter
+from cogs._webhooks import NO_MENTIONS, MessageGone, PersonaPoster, Posted, Speaker
 
 if TYPE_CHECKING:
     from bot.client import RPBot
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 400  # stored messages read per prompt; the builder trims to the token budget
 BACKFILL_LIMIT = 50
+INTERRUPTED_SCAN = 20  # messages after a cut-off reply's trigger searched for its half-written message
 ALWAYS_MODE_DEBOUNCE = 1.5  # seconds of quiet before replying to a burst in "always" mode
 QUEUE_NOTICE_AFTER = 2.0  # seconds waiting before the queue position is shown
 TYPING_AFTER = 0.3  # seconds without a first token before the typing indicator starts
@@ -114,6 +115,7 @@ class ChatCog(commands.Cog):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
         self._backfilled = False
+        self._interrupted: list[tuple[int, int, int | None, int | None]] = []  # cut off by a crash
         self.history = HistoryCache()
         self.writer = StoreWriter(bot.db)
 
@@ -124,6 +126,9 @@ class ChatCog(commands.Cog):
         self.bot.add_dynamic_items(ReplyButton)
         await self.poster.load_known_webhooks()
         async with self.bot.db.session() as session:
+            self._interrupted = [
+                (g.id, g.channel_id, g.trigger_message_id, g.persona_id) for g in await gen_repo.unfinished(session)
+            ]
             failed = await gen_repo.fail_unfinished(session)
         if failed:
             log.warning("marked %d replies interrupted by the last shutdown as failed", failed)
@@ -273,7 +278,34 @@ class ChatCog(commands.Cog):
         if self._backfilled:
             self._spawn(self._backfill_all(shard_id))
 
+    async def _mark_interrupted(self) -> None:
+        """A reply cut off by a crash left its half-written message with the typing cursor: say it was interrupted
+        and offer Try again. Newest first, so each placeholder goes to the reply it belonged to."""
+        interrupted, self._interrupted = sorted(self._interrupted, reverse=True), []
+        for gen_id, channel_id, trigger_id, persona_id in interrupted:
+            channel = self.bot.get_channel(channel_id)
+            if not isinstance(channel, discord.TextChannel | discord.Thread) or not (trigger_id and persona_id):
+                continue  # not this process's channel, or nothing to look for
+            async with self.bot.db.session() as session:
+                persona = await session.get(Persona, persona_id)
+            if persona is None:
+                continue
+            speaker = self._speaker(persona)
+            notice = f"*({speaker.name} was interrupted by a restart. Press Try again.)*"
+            after = discord.Object(trigger_id)
+            try:
+                async for message in channel.history(after=after, limit=INTERRUPTED_SCAN, oldest_first=True):
+                    own = message.author.id == self.bot.user.id or self.poster.is_own_webhook(message.webhook_id)
+                    if own and message.content.endswith(CURSOR) and not message.components:
+                        author = message.webhook_id or self.bot.user.id
+                        posted = Posted(message.id, channel.id, message.webhook_id is not None, author)
+                        await self.poster.edit(channel, posted, speaker, notice, view=retry_view(gen_id))
+            except (discord.HTTPException, MessageGone) as exc:
+                log.warning("could not mark the interrupted reply in channel %s: %s", channel_id, exc)
+
     async def _backfill_all(self, shard_id: int | None = None) -> None:
+        if self._interrupted:
+            await self._mark_interrupted()
         guild_ids = [g.id for g in self.bot.guilds if shard_id is None or g.shard_id == shard_id]
         async with self.bot.db.session() as session:
             rows = await channel_repo.channels_with_persona(session, guild_ids)
