@@ -33,6 +33,7 @@ from bot.storage import generations as gen_repo
 from bot.storage import guilds as guild_repo
 from bot.storage import messages as msg_repo
 from bot.storage import moderation as mod_repo
+from bot.storage.database import describe_error, is_unavailable
 from bot.storage.messages import MessageRecord
 from bot.storage.models import ChannelSettings, GenerationStatus, MessageKind, Persona, ReplyMode, utcnow
 from cogs._buttons import ReplyButton, reply_view, retry_view
@@ -152,7 +153,7 @@ class ChatCog(commands.Cog):
                 task.cancel()
             if still:
                 await asyncio.wait(still, timeout=5)
-        await self.writer.flush()
+        await self.writer.flush(within=grace)  # bounded: a database that refuses writes must not stop the shutdown
 
     def _spawn(self, coro: Any, *, channel_id: int | None = None) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -358,7 +359,13 @@ class ChatCog(commands.Cog):
                 self._remember_name(user.id, user.display_name)
             self._save([self._record(message, kind)])
         if kind is MessageKind.HUMAN:
-            await self._maybe_reply(message, channel, active)
+            try:
+                await self._maybe_reply(message, channel, active)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                reason = describe_error(exc)
+                log.warning("message %s stored, but not answered: the database is unavailable (%s)", message.id, reason)
 
     async def _maybe_reply(
         self, message: discord.Message, channel: discord.TextChannel | discord.Thread, active: ActiveChannel
@@ -521,25 +528,55 @@ class ChatCog(commands.Cog):
             self.poster, channel, self._speaker(active.persona), interval=self.bot.settings.stream_edit_interval
         )
         fields: dict[str, Any] = {}
-        text = await self._produce(
-            channel,
-            active,
-            gen,
-            writer,
-            user_name=trigger.author.display_name,
-            trigger_id=trigger.id,
-            user_id=trigger.author.id,
-            fields_out=fields,
-        )
-        if text is None:
+        text: str | None = None
+        try:
+            text = await self._produce(
+                channel,
+                active,
+                gen,
+                writer,
+                user_name=trigger.author.display_name,
+                trigger_id=trigger.id,
+                user_id=trigger.author.id,
+                fields_out=fields,
+            )
+            if text is None:
+                return
+            gen_id = await gen.get()
+            posted = await writer.finish(text, reply_view(gen_id, 0, 1))
+            previous = await self._store_reply(
+                gen_id, active, channel, posted, writer, text, alternatives=[text], selected_index=0, **fields
+            )
+            if previous is not None:
+                await self._strip_buttons(channel, previous)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            await self._unrecorded(channel, active, writer, text, exc)
+
+    async def _unrecorded(
+        self,
+        channel: discord.TextChannel | discord.Thread,
+        active: ActiveChannel,
+        writer: ReplyWriter,
+        text: str | None,
+        exc: BaseException,
+    ) -> None:
+        """The database refused the reply's generation row (locked past the busy timeout, disk full). A finished
+        reply is still shown and stored (the store writer keeps trying), without the buttons that need the row;
+        an unfinished one becomes a notice. Never a half-written message with its cursor."""
+        log.error("could not record the reply in channel %s: %s", channel.id, describe_error(exc))
+        name = active.persona.nickname or active.persona.name
+        try:
+            if text is None:
+                if writer.posted_any:
+                    await writer.finish(f"*({name} cannot answer right now: the bot's database is unavailable.)*", None)
+                return
+            posted = await writer.finish(text, None)
+        except discord.HTTPException as send_exc:
+            log.warning("could not finish the unrecorded reply in channel %s: %s", channel.id, send_exc)
             return
-        gen_id = await gen.get()
-        posted = await writer.finish(text, reply_view(gen_id, 0, 1))
-        previous = await self._store_reply(
-            gen_id, active, channel, posted, writer, text, alternatives=[text], selected_index=0, **fields
-        )
-        if previous is not None:
-            await self._strip_buttons(channel, previous)
+        self._save(self._persona_records(active, channel, posted, text))
 
     async def _create_generation(self, **fields: Any) -> int:
         async with self.bot.db.session() as session:
@@ -783,26 +820,7 @@ class ChatCog(commands.Cog):
     ) -> int | None:
         """Record the reply: its messages in the store (so later prompts see it) and, in one write, the generation's
         fields and message ids. Returns the id of the channel's previous reply that still has buttons."""
-        from bot.chat.splitting import split_message
-
-        parts = split_message(text)
-        now = datetime.now(UTC)
-        parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
-        records = [
-            MessageRecord(
-                id=p.id,
-                guild_id=active.guild_id,
-                channel_id=channel.id,
-                parent_channel_id=parent_id,
-                author_id=p.author_id,
-                author_name=active.persona.nickname or active.persona.name,
-                kind=MessageKind.PERSONA,
-                persona_id=active.persona.id,
-                content=part,
-                created_at=now,
-            )
-            for p, part in zip(posted, parts, strict=False)
-        ]
+        records = self._persona_records(active, channel, posted, text)
         old_ids: list[int] = []
         previous: int | None = None
         async with self.bot.db.session() as session:
@@ -824,6 +842,29 @@ class ChatCog(commands.Cog):
             self.writer.delete(old_ids)
         self._save(records)
         return previous
+
+    def _persona_records(
+        self, active: ActiveChannel, channel: discord.TextChannel | discord.Thread, posted: list[Posted], text: str
+    ) -> list[MessageRecord]:
+        from bot.chat.splitting import split_message
+
+        now = datetime.now(UTC)
+        parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
+        return [
+            MessageRecord(
+                id=p.id,
+                guild_id=active.guild_id,
+                channel_id=channel.id,
+                parent_channel_id=parent_id,
+                author_id=p.author_id,
+                author_name=active.persona.nickname or active.persona.name,
+                kind=MessageKind.PERSONA,
+                persona_id=active.persona.id,
+                content=part,
+                created_at=now,
+            )
+            for p, part in zip(posted, split_message(text), strict=False)
+        ]
 
     async def _strip_buttons(self, channel: discord.TextChannel | discord.Thread, gen_id: int) -> None:
         """Only the latest reply keeps its buttons."""

@@ -5,6 +5,10 @@ in memory so a reply never waits on the database: storing a message, building a 
 words are pure CPU. Writes (new messages, edits, deletes) go to the database in arrival order, batched a few
 milliseconds later; ``flush()`` waits for them (before shutdown, before reading the database directly, before
 deleting a user's messages).
+
+When the database cannot take writes (locked past the busy timeout, disk full, connection lost) the changes are
+kept, in order, and tried again with a growing pause until it can: nothing said is lost to a passing fault. A change
+the database refuses for itself (a constraint) is dropped alone, so it cannot hold up the others.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 from bot.storage import Database
 from bot.storage import messages as msg_repo
+from bot.storage.database import describe_error, is_unavailable
 from bot.storage.messages import MessageRecord
 from bot.storage.models import MessageKind
 
@@ -29,6 +34,9 @@ log = logging.getLogger(__name__)
 PER_CHANNEL = 400  # messages kept per channel: more than a 4096-token prompt can hold
 MAX_CHANNELS = 2000
 WRITE_DELAY = 0.02  # seconds a write waits for others to join its batch
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)  # pauses between attempts while the database refuses writes; the last repeats
+MAX_HELD_OPS = 100_000  # changes kept while it does (tens of MB at most); beyond that the oldest are dropped
+CLOSE_TIMEOUT = 10.0  # seconds close() waits for the last writes
 
 
 @dataclass(slots=True)
@@ -201,7 +209,9 @@ class StoreWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        self.failed_batches = 0
+        self.failed_batches = 0  # attempts the database refused (each kept and tried again)
+        self.dropped = 0  # changes given up on (refused for themselves, or too many held back)
+        self._failing = 0  # consecutive refused attempts
 
     def start(self) -> None:
         if self._task is None:
@@ -227,14 +237,29 @@ class StoreWriter:
         if self._task is None:
             self.start()
 
-    async def flush(self) -> None:
-        """Wait until every change pushed so far is in the database."""
+    @property
+    def pending(self) -> int:
+        """Changes not yet in the database."""
+        return len(self._ops)
+
+    async def flush(self, within: float | None = None) -> bool:
+        """Wait until every change pushed so far is in the database; False if ``within`` seconds ran out first."""
         if self._ops or not self._idle.is_set():
             self._wake.set()
-            await self._idle.wait()
+            try:
+                await asyncio.wait_for(self._idle.wait(), within)
+            except TimeoutError:
+                return False
+        return True
 
-    async def close(self) -> None:
-        await self.flush()
+    async def close(self, within: float = CLOSE_TIMEOUT) -> None:
+        """Write what is pending (waiting at most ``within`` seconds) and stop."""
+        if not await self.flush(within):
+            log.error(
+                "shutting down with %d message-store changes the database would not take; they are lost (the next "
+                "start reads recent messages back from Discord)",
+                len(self._ops),
+            )
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -247,30 +272,85 @@ class StoreWriter:
             await asyncio.sleep(self.delay)
             self._wake.clear()
             ops, self._ops = self._ops, []
-            if ops:
-                await self._write(ops)
+            held = await self._write(ops) if ops else []
+            if held:
+                # Ahead of what arrived meanwhile, so the order of changes holds; then a pause before trying again.
+                self._ops[:0] = held
+                self._limit_held()
+                await asyncio.sleep(RETRY_DELAYS[min(self._failing, len(RETRY_DELAYS)) - 1])
+                self._wake.set()
+                continue
             if not self._ops:
                 self._idle.set()
 
-    async def _write(self, ops: list[Op]) -> None:
+    async def _write(self, ops: list[Op]) -> list[Op]:
+        """Write a batch; returns the changes to try again (none when written or given up on)."""
         try:
-            async with self.db.session() as session:
-                pending: list[MessageRecord] = []
-                for kind, arg in ops:
-                    if kind == "save":
-                        pending.extend(arg)
-                        continue
-                    if pending:
-                        await msg_repo.save_messages(session, pending)
-                        pending = []
-                    if kind == "edit":
-                        await msg_repo.edit_message(session, *arg)
-                    elif kind == "delete":
-                        await msg_repo.delete_messages(session, arg)
-                    else:
-                        await arg(session)
+            await self._apply(ops)
+        except Exception as exc:
+            if is_unavailable(exc):
+                return self._refused(ops, exc)
+            # The database refuses something in the batch itself: one change at a time, so only that one is lost.
+            return await self._write_one_by_one(ops)
+        if self._failing:
+            log.warning("the message store is written again after %d refused attempts; nothing was lost", self._failing)
+            self._failing = 0
+        return []
+
+    async def _write_one_by_one(self, ops: list[Op]) -> list[Op]:
+        # A save of many messages (a backfill) goes one message at a time too, so a refused one takes no others along.
+        single: list[Op] = []
+        for kind, arg in ops:
+            if kind == "save":
+                single.extend(("save", [record]) for record in arg)
+            else:
+                single.append((kind, arg))
+        ops = single
+        for index, op in enumerate(ops):
+            try:
+                await self._apply([op])
+            except Exception as exc:
+                if is_unavailable(exc):
+                    return self._refused(ops[index:], exc)
+                self.dropped += 1
+                log.error("dropped a message-store change (%s) the database refuses: %s", op[0], describe_error(exc))
+        return []
+
+    def _refused(self, ops: list[Op], exc: BaseException) -> list[Op]:
+        self.failed_batches += 1
+        self._failing += 1
+        if self._failing == 1 or self._failing % 20 == 0:
+            # One line, no values (they are what people said): the reason and what happens next.
+            log.error(
+                "could not write %d message-store changes: %s; keeping them and trying again (attempt %d)",
+                len(ops),
+                describe_error(exc),
+                self._failing,
+            )
+        return ops
+
+    def _limit_held(self) -> None:
+        excess = len(self._ops) - MAX_HELD_OPS
+        if excess > 0:
+            del self._ops[:excess]
+            self.dropped += excess
+            log.error("the database has refused writes for a long time: dropped the %d oldest store changes", excess)
+
+    async def _apply(self, ops: list[Op]) -> None:
+        async with self.db.session() as session:
+            pending: list[MessageRecord] = []
+            for kind, arg in ops:
+                if kind == "save":
+                    pending.extend(arg)
+                    continue
                 if pending:
                     await msg_repo.save_messages(session, pending)
-        except Exception:
-            self.failed_batches += 1
-            log.exception("could not write %d message-store changes to the database", len(ops))
+                    pending = []
+                if kind == "edit":
+                    await msg_repo.edit_message(session, *arg)
+                elif kind == "delete":
+                    await msg_repo.delete_messages(session, arg)
+                else:
+                    await arg(session)
+            if pending:
+                await msg_repo.save_messages(session, pending)

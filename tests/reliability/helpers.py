@@ -37,6 +37,15 @@ def persona_messages(emu: DiscordEmulator, channel: Any) -> list[Any]:
     ]
 
 
+async def replied(emu: DiscordEmulator, channel: Any, text: str, timeout: float | None = None) -> Any:
+    """Wait for the persona message that shows ``text`` in full (a fallback message ends with it) with its buttons."""
+    return await emu.wait_until(
+        lambda: next((p for p in persona_messages(emu, channel) if p.content.endswith(text) and p.components), None),
+        f"the reply {text[:40]!r} with buttons",
+        timeout,
+    )
+
+
 async def generations(bot: Any, channel_id: int | None = None) -> list[Generation]:
     async with bot.db.session() as session:
         stmt = select(Generation).order_by(Generation.id)
