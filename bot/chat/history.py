@@ -206,8 +206,10 @@ class StoreWriter:
         self.delay = delay
         self._ops: list[Op] = []
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # flush() waits for the changes pushed before it, not for a quiet moment (under load there is none).
+        self._pushed = 0  # changes pushed so far
+        self._done = 0  # changes written (or given up on) so far; they are done in order
+        self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.failed_batches = 0  # attempts the database refused (each kept and tried again)
         self.dropped = 0  # changes given up on (refused for themselves, or too many held back)
@@ -232,7 +234,7 @@ class StoreWriter:
 
     def _push(self, op: Op) -> None:
         self._ops.append(op)
-        self._idle.clear()
+        self._pushed += 1
         self._wake.set()
         if self._task is None:
             self.start()
@@ -240,17 +242,30 @@ class StoreWriter:
     @property
     def pending(self) -> int:
         """Changes not yet in the database."""
-        return len(self._ops)
+        return self._pushed - self._done
 
     async def flush(self, within: float | None = None) -> bool:
         """Wait until every change pushed so far is in the database; False if ``within`` seconds ran out first."""
-        if self._ops or not self._idle.is_set():
-            self._wake.set()
-            try:
-                await asyncio.wait_for(self._idle.wait(), within)
-            except TimeoutError:
-                return False
+        target = self._pushed
+        if self._done >= target:
+            return True
+        self._wake.set()
+
+        async def reached() -> None:
+            while self._done < target:
+                await self._progress.wait()
+
+        try:
+            await asyncio.wait_for(reached(), within)
+        except TimeoutError:
+            return False
         return True
+
+    def _advance(self, count: int) -> None:
+        if count:
+            self._done += count
+            progress, self._progress = self._progress, asyncio.Event()
+            progress.set()
 
     async def close(self, within: float = CLOSE_TIMEOUT) -> None:
         """Write what is pending (waiting at most ``within`` seconds) and stop."""
@@ -258,7 +273,7 @@ class StoreWriter:
             log.error(
                 "shutting down with %d message-store changes the database would not take; they are lost (the next "
                 "start reads recent messages back from Discord)",
-                len(self._ops),
+                self.pending,
             )
         if self._task is not None:
             self._task.cancel()
@@ -273,15 +288,13 @@ class StoreWriter:
             self._wake.clear()
             ops, self._ops = self._ops, []
             held = await self._write(ops) if ops else []
+            self._advance(len(ops) - len(held))
             if held:
                 # Ahead of what arrived meanwhile, so the order of changes holds; then a pause before trying again.
                 self._ops[:0] = held
                 self._limit_held()
                 await asyncio.sleep(RETRY_DELAYS[min(self._failing, len(RETRY_DELAYS)) - 1])
                 self._wake.set()
-                continue
-            if not self._ops:
-                self._idle.set()
 
     async def _write(self, ops: list[Op]) -> list[Op]:
         """Write a batch; returns the changes to try again (none when written or given up on)."""
@@ -298,22 +311,18 @@ class StoreWriter:
         return []
 
     async def _write_one_by_one(self, ops: list[Op]) -> list[Op]:
-        # A save of many messages (a backfill) goes one message at a time too, so a refused one takes no others along.
-        single: list[Op] = []
-        for kind, arg in ops:
-            if kind == "save":
-                single.extend(("save", [record]) for record in arg)
-            else:
-                single.append((kind, arg))
-        ops = single
-        for index, op in enumerate(ops):
-            try:
-                await self._apply([op])
-            except Exception as exc:
-                if is_unavailable(exc):
-                    return self._refused(ops[index:], exc)
-                self.dropped += 1
-                log.error("dropped a message-store change (%s) the database refuses: %s", op[0], describe_error(exc))
+        for index, (kind, arg) in enumerate(ops):
+            # A save of many messages (a backfill) goes one message at a time, so a refused one takes no others.
+            parts: list[Op] = [("save", [record]) for record in arg] if kind == "save" else [(kind, arg)]
+            for at, part in enumerate(parts):
+                try:
+                    await self._apply([part])
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        rest: list[Op] = [("save", arg[at:])] if kind == "save" else [(kind, arg)]
+                        return self._refused(rest + ops[index + 1 :], exc)
+                    self.dropped += 1
+                    log.error("dropped a message-store change (%s) the database refuses: %s", kind, describe_error(exc))
         return []
 
     def _refused(self, ops: list[Op], exc: BaseException) -> list[Op]:
@@ -334,6 +343,7 @@ class StoreWriter:
         if excess > 0:
             del self._ops[:excess]
             self.dropped += excess
+            self._advance(excess)
             log.error("the database has refused writes for a long time: dropped the %d oldest store changes", excess)
 
     async def _apply(self, ops: list[Op]) -> None:
