@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_MESSAGE_CHARS = 1900  # Discord's limit is 2000; the channel fallback adds a mention
+
 
 class CommandError(app_commands.AppCommandError):
     """Raise from a command to show ``message`` to the user (ephemeral), with nothing logged as an error."""
@@ -84,6 +86,9 @@ def _in(seconds: float):
 async def respond(interaction: discord.Interaction, message: str) -> None:
     """Answer ephemerally whatever state the interaction is in; fall back to the channel when the token expired."""
     mentions = discord.AllowedMentions.none()
+    if len(message) > MAX_MESSAGE_CHARS:
+        # Errors may quote what the user typed (up to 6000 characters); Discord refuses a message over 2000.
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     try:
         if interaction.response.is_done():
             await interaction.followup.send(message, ephemeral=True, allowed_mentions=mentions)
