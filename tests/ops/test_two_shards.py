@@ -1,0 +1,121 @@
+"""Two bot processes, each with one shard of two, on one emulator and one database (SQLite file or PostgreSQL).
+
+They stand in for two `rpbot run` processes with RPBOT_SHARD_COUNT=2 and RPBOT_SHARD_IDS=0 / 1 (docs/SCALING.md):
+each must see only its own guilds and handle only their events, and both must write to the shared database at the
+same time without a conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import discord
+from sqlalchemy import func, select
+
+from bot.client import RPBot
+from bot.storage import Database
+from bot.storage.migrate import is_at_head, upgrade_async
+from bot.storage.models import AuditEntry, BlockedUser
+from tests.discord_emulator import DiscordEmulator
+from tests.discord_emulator.fixtures import BotRunner
+from tests.storage.conftest import db_url  # noqa: F401  (SQLite, and PostgreSQL when CI provides one)
+
+SHARDS = 2
+GUILDS_PER_SHARD = 2
+USERS_PER_GUILD = 6
+ADMIN = 0x20  # Manage Server
+
+
+def shard_of(guild_id: int) -> int:
+    return (guild_id >> 22) % SHARDS
+
+
+async def _guilds_on_both_shards(emulator: DiscordEmulator) -> dict[int, list]:
+    by_shard: dict[int, list] = {shard: [] for shard in range(SHARDS)}
+    while any(len(guilds) < GUILDS_PER_SHARD for guilds in by_shard.values()):
+        guild = await emulator.create_guild(f"Guild {sum(map(len, by_shard.values()))}")
+        if len(by_shard[shard_of(guild.id)]) < GUILDS_PER_SHARD:
+            by_shard[shard_of(guild.id)].append(guild)
+        else:
+            await emulator.remove_guild(guild)
+        await asyncio.sleep(0.001)  # snowflakes follow the clock: let it move so both shards get guilds
+    return by_shard
+
+
+def _count_interactions(bot: RPBot) -> Counter[int]:
+    seen: Counter[int] = Counter()
+
+    async def on_interaction(interaction: discord.Interaction) -> None:
+        seen[interaction.guild_id or 0] += 1
+
+    bot.add_listener(on_interaction)
+    return seen
+
+
+async def test_two_shard_processes_share_one_database(
+    emulator: DiscordEmulator,
+    run_bot: BotRunner,
+    db_url: str,  # noqa: F811
+) -> None:
+    run_bot.database_url = db_url
+    by_shard = await _guilds_on_both_shards(emulator)
+    guilds = [g for shard in sorted(by_shard) for g in by_shard[shard]]
+    admins = {g.id: await emulator.add_member(g, "admin", permissions=ADMIN) for g in guilds}
+    users = {g.id: [await emulator.add_member(g, f"user{i}") for i in range(USERS_PER_GUILD)] for g in guilds}
+
+    bots: list[RPBot] = []
+    for shard in range(SHARDS):
+        if shard:
+            await upgrade_async(db_url)  # every process upgrades at start; the second finds nothing to do
+        bot = await run_bot(
+            extensions=("cogs.errors", "cogs.admin"), settings={"shard_count": SHARDS, "shard_ids": [shard]}
+        )
+        bots.append(bot)
+    assert (await is_at_head(db_url))[0]
+    identifies = sorted((e.shard_id, e.detail["shard_count"]) for e in emulator.gateway_events if e.kind == "identify")
+    assert identifies == [(0, SHARDS), (1, SHARDS)]
+    for shard, bot in enumerate(bots):
+        assert bot.shard_ids == [shard]
+        assert {g.id for g in bot.guilds} == {g.id for g in by_shard[shard]}
+    seen = [_count_interactions(bot) for bot in bots]
+
+    # Every admin blocks every user of their guild, all at once, across both processes.
+    handles = await asyncio.gather(
+        *(
+            emulator.slash_command(
+                g.channel("general"), admins[g.id], "admin", {"user": u, "reason": "spam"}, subcommand="block"
+            )
+            for g in guilds
+            for u in users[g.id]
+        )
+    )
+    await asyncio.gather(*(h.wait_response() for h in handles))
+    for handle in handles:
+        assert handle.ephemeral and handle.content.startswith("Blocked"), handle.content
+
+    for shard, counter in enumerate(seen):
+        assert set(counter) == {g.id for g in by_shard[shard]}, "a process handled another shard's guild"
+        assert all(count == USERS_PER_GUILD for count in counter.values())
+
+    check = Database(db_url)
+    try:
+        async with check.session() as session:
+            rows = await session.execute(select(BlockedUser.guild_id, func.count()).group_by(BlockedUser.guild_id))
+            blocked = {guild_id: count for guild_id, count in rows.all()}
+            audits = await session.scalar(
+                select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "admin.block")
+            )
+    finally:
+        await check.close()
+    assert blocked == {g.id: USERS_PER_GUILD for g in guilds}
+    assert audits == len(guilds) * USERS_PER_GUILD
+
+    # One process stopping (a rolling restart) leaves the other serving its guilds.
+    await run_bot.stop(bots[0])
+    g1 = by_shard[1][0]
+    handle = await emulator.slash_command(
+        g1.channel("general"), admins[g1.id], "admin", {"user": users[g1.id][0]}, subcommand="unblock"
+    )
+    await handle.wait_response()
+    assert handle.content.startswith("Unblocked")
