@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from bot.generation.queue import (
     GenerationJob,
+    QueueClosed,
     QueueFull,
     RequestCancelled,
     RequestReplaced,
@@ -47,6 +48,7 @@ HISTORY_LIMIT = 400  # stored messages read per prompt; the builder trims to the
 BACKFILL_LIMIT = 50
 ALWAYS_MODE_DEBOUNCE = 1.5  # seconds of quiet before replying to a burst in "always" mode
 QUEUE_NOTICE_AFTER = 2.0  # seconds waiting before the queue position is shown
+SHUTDOWN_CANCEL_WAIT = 5.0  # seconds replies get to post their "interrupted" notice after the grace period
 NAME_CACHE_SIZE = 10_000
 TRIGGER_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 
@@ -112,18 +114,29 @@ class ChatCog(commands.Cog):
             task.cancel()
 
     async def drain(self, grace: float) -> None:
-        """Stop taking triggers, let running replies finish within ``grace`` seconds, then cancel the rest."""
+        """Stop taking triggers, let running replies finish within ``grace`` seconds, then cancel the rest.
+
+        Cancelling goes through the queue, so each reply ends on its normal path: it posts a notice and records
+        its generation as cancelled. Only a reply that cannot even do that in time is cancelled as a task.
+        """
         self._accepting = False
         for task in self._debounce.values():
             task.cancel()
         pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            log.info("waiting up to %.0fs for %d replies to finish", grace, len(pending))
-            _done, still = await asyncio.wait(pending, timeout=grace)
-            for task in still:
-                task.cancel()
-            if still:
-                await asyncio.wait(still, timeout=5)
+        if not pending:
+            return
+        log.info("waiting up to %gs for %d replies to finish", grace, len(pending))
+        _done, still = await asyncio.wait(pending, timeout=grace) if grace > 0 else (set(), set(pending))
+        if not still:
+            return
+        log.info("cancelling %d replies that did not finish within %gs", len(still), grace)
+        if self.bot.queue is not None:
+            await self.bot.queue.close()
+        _done, stuck = await asyncio.wait(still, timeout=SHUTDOWN_CANCEL_WAIT)
+        for task in stuck:
+            task.cancel()
+        if stuck:
+            await asyncio.wait(stuck, timeout=SHUTDOWN_CANCEL_WAIT)
 
     def _spawn(self, coro: Any, *, channel_id: int | None = None) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -274,7 +287,7 @@ class ChatCog(commands.Cog):
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.guild is None or not self._accepting:
+        if message.guild is None:
             return  # DMs have no personas
         if message.author.id == self.bot.user.id or self.poster.is_own_webhook(message.webhook_id):
             return
@@ -292,7 +305,8 @@ class ChatCog(commands.Cog):
             self._remember_name(user.id, user.display_name)
         async with self.bot.db.session() as session:
             await msg_repo.save_message(session, self._record(message, kind))
-        if kind is MessageKind.HUMAN:
+        # While shutting down messages are still stored (nothing said is lost) but trigger nothing.
+        if kind is MessageKind.HUMAN and self._accepting:
             await self._maybe_reply(message, channel, active)
 
     async def _maybe_reply(
@@ -458,10 +472,12 @@ class ChatCog(commands.Cog):
     ) -> str | None:
         """Run one generation (with one retry for an empty or filtered reply); None when no text was produced."""
         policy = await self.policy(active.guild_id)
+        replies = self.bot.metrics.replies
+        started = time.monotonic()
         last_error = ""
         for attempt in range(2):
             try:
-                return await self._generate_once(
+                text = await self._generate_once(
                     channel,
                     active,
                     gen_id,
@@ -473,19 +489,38 @@ class ChatCog(commands.Cog):
                     continue_text=continue_text,
                     policy=policy,
                 )
+                replies.labels(outcome="ok").inc()
+                self.bot.metrics.generation_seconds.observe(time.monotonic() - started)
+                return text
             except (EmptyReply, FilteredOutput) as exc:
                 last_error = "filtered" if isinstance(exc, FilteredOutput) else "empty"
                 log.info("reply attempt %d in channel %s was %s; retrying", attempt + 1, channel.id, last_error)
                 continue
-            except (RequestReplaced, RequestCancelled) as exc:
+            except (RequestReplaced, RequestCancelled, QueueClosed) as exc:
+                replies.labels(outcome="cancelled").inc()
                 status = GenerationStatus.CANCELLED
                 await self._finish_generation(gen_id, status, reason=type(exc).__name__)
-                if isinstance(exc, RequestCancelled) and writer.posted_any:
+                if isinstance(exc, RequestCancelled | QueueClosed) and not self._accepting:
+                    # Shutting down: say so where the reply was, and offer to try again after the restart.
+                    name = active.persona.nickname or active.persona.name
+                    notice = f"*({name} was interrupted because the bot is restarting. Press Try again.)*"
+                    try:
+                        await writer.finish(notice, retry_view(gen_id))
+                    except discord.HTTPException as send_exc:
+                        log.warning("could not post the restart notice in channel %s: %s", channel.id, send_exc)
+                elif isinstance(exc, RequestCancelled) and writer.posted_any:
                     await writer.delete_all()
                 return None
+            except asyncio.CancelledError:
+                # Cancelled as a task (shutdown ran out of time): still leave the store consistent.
+                replies.labels(outcome="cancelled").inc()
+                await asyncio.shield(self._finish_generation(gen_id, GenerationStatus.CANCELLED, reason="shutdown"))
+                raise
             except Exception as exc:  # every other failure becomes a notice, never a traceback
+                replies.labels(outcome="failed").inc()
                 await self._fail(channel, active, gen_id, writer, exc)
                 return None
+        replies.labels(outcome=last_error).inc()
         notice = (
             "*(This reply was withheld by this server's output filters.)*"
             if last_error == "filtered"
