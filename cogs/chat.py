@@ -26,6 +26,7 @@ from bot.generation.queue import (
     RequestTimedOut,
 )
 from bot.moderation.filters import OutputFilterSet
+from bot.ops.sharding import owned_guilds
 from bot.prompt import EmptyReply, PersonaSpec, PromptBuilder, PromptError, clean_reply
 from bot.prompt.normalize import is_out_of_character
 from bot.storage import channels as channel_repo
@@ -107,7 +108,8 @@ class ChatCog(commands.Cog):
         self.bot.add_dynamic_items(ReplyButton)
         await self.poster.load_known_webhooks()
         async with self.bot.db.session() as session:
-            failed = await gen_repo.fail_unfinished(session)
+            # Only this process's guilds: other shard processes on the same database may be mid-reply.
+            failed = await gen_repo.fail_unfinished(session, guilds=owned_guilds(self.bot.settings))
         if failed:
             log.warning("marked %d replies interrupted by the last shutdown as failed", failed)
 

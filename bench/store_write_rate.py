@@ -1,0 +1,173 @@
+"""How fast the store takes the writes the chat makes, on SQLite and on PostgreSQL.
+
+    PYTHONPATH=. python bench/store_write_rate.py [--messages 2000] [--writers 1,8,32] [--postgres URL]
+
+Two workloads, each through the real repositories and one transaction apiece, like the chat cog:
+
+* messages: one stored message per transaction (what ``on_message`` does for every message in a persona channel);
+* replies: the bookkeeping of one persona reply (store the trigger, create the generation, record the prompt, mark
+  it done, keep the swipe, store the reply message: six transactions).
+
+``--writers`` concurrent tasks share one ``Database`` (one process); ``--processes 2`` runs that many OS processes
+on the same database at once (shards), and reports their total. SQLite runs on a file in a temporary folder;
+PostgreSQL on a fresh database created on the server at ``--postgres`` (or $RPBOT_TEST_POSTGRES_URL) and dropped after.
+Results depend on the machine and its disk; compare runs on the same one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bot.storage import Database
+from bot.storage import generations as gen_repo
+from bot.storage import messages as msg_repo
+from bot.storage.messages import MessageRecord
+from bot.storage.migrate import upgrade_async
+from bot.storage.models import GenerationStatus, MessageKind, utcnow
+
+GUILD = 1
+
+
+def _record(message_id: int, channel_id: int, kind: MessageKind = MessageKind.HUMAN) -> MessageRecord:
+    return MessageRecord(
+        id=message_id,
+        guild_id=GUILD,
+        channel_id=channel_id,
+        author_id=1000 + message_id % 50,
+        author_name="someone",
+        kind=kind,
+        content="A message of ordinary length, about as long as people write in a roleplay channel. " * 2,
+        created_at=datetime.now(UTC),
+    )
+
+
+async def _one_message(db: Database, ids: itertools.count[int], channel_id: int) -> None:
+    async with db.session() as session:
+        await msg_repo.save_message(session, _record(next(ids), channel_id))
+
+
+async def _one_reply(db: Database, ids: itertools.count[int], channel_id: int) -> None:
+    trigger = next(ids)
+    async with db.session() as session:
+        await msg_repo.save_message(session, _record(trigger, channel_id))
+    async with db.session() as session:
+        gen = await gen_repo.create_generation(
+            session, guild_id=GUILD, channel_id=channel_id, trigger_message_id=trigger, user_id=1
+        )
+    async with db.session() as session:
+        row = await gen_repo.get_generation(session, gen.id)
+        assert row is not None
+        row.sampler = {"temperature": 0.8, "max_new_tokens": 300}
+        row.prompt_tokens = 1500
+    async with db.session() as session:
+        row = await gen_repo.get_generation(session, gen.id)
+        assert row is not None
+        row.status, row.finish_reason, row.completion_tokens = GenerationStatus.DONE, "stop", 120
+        row.finished_at = utcnow()
+    async with db.session() as session:
+        row = await gen_repo.get_generation(session, gen.id)
+        assert row is not None
+        row.alternatives, row.selected_index = ["A reply."], 0
+    reply = next(ids)
+    async with db.session() as session:
+        await msg_repo.save_message(session, _record(reply, channel_id, MessageKind.PERSONA))
+        row = await gen_repo.get_generation(session, gen.id)
+        assert row is not None
+        row.reply_message_ids, row.reply_message_id = [reply], reply
+
+
+Work = Callable[[Database, "itertools.count[int]", int], Awaitable[None]]
+WORKLOADS: dict[str, Work] = {"messages": _one_message, "replies": _one_reply}
+
+
+async def _run(url: str, workload: str, count: int, writers: int, first_id: int) -> float:
+    """Do ``count`` units of work with ``writers`` concurrent tasks; returns units per second."""
+    db = Database(url)
+    ids = itertools.count(first_id)
+    work = WORKLOADS[workload]
+    todo = iter(range(count))
+
+    async def writer(channel_id: int) -> None:
+        for _ in todo:
+            await work(db, ids, channel_id)
+
+    try:
+        began = time.perf_counter()
+        await asyncio.gather(*(writer(first_id + w) for w in range(writers)))
+        return count / (time.perf_counter() - began)
+    finally:
+        await db.close()
+
+
+def _process(url: str, workload: str, count: int, writers: int, first_id: int, start: float) -> float:
+    # Start together, so the processes really contend for the database.
+    time.sleep(max(0.0, start - time.time()))
+    return asyncio.run(_run(url, workload, count, writers, first_id))
+
+
+def measure(url: str, workload: str, count: int, writers: int, processes: int, first_id: int) -> float:
+    if processes == 1:
+        return asyncio.run(_run(url, workload, count, writers, first_id))
+    start = time.time() + 1.0
+    jobs = [(url, workload, count // processes, writers, first_id + p * 10_000_000, start) for p in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        return sum(pool.starmap(_process, jobs))
+
+
+async def _postgres_admin(base: str, statement: str) -> None:
+    engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=2000, help="units of work per measurement")
+    parser.add_argument("--writers", default="1,8,32", help="concurrent writers per process, comma-separated")
+    parser.add_argument("--processes", default="1,2", help="processes on one database, comma-separated")
+    parser.add_argument("--postgres", default=os.environ.get("RPBOT_TEST_POSTGRES_URL"), help="server URL")
+    args = parser.parse_args()
+    writers = [int(w) for w in args.writers.split(",")]
+    processes = [int(p) for p in args.processes.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        targets = [("SQLite (WAL, file)", f"sqlite+aiosqlite:///{Path(tmp) / 'bench.sqlite3'}")]
+        name = f"rpbot_bench_{os.getpid()}"
+        if args.postgres:
+            asyncio.run(_postgres_admin(args.postgres, f'CREATE DATABASE "{name}"'))
+            url = make_url(args.postgres).set(database=name).render_as_string(hide_password=False)
+            targets.append(("PostgreSQL (asyncpg)", url))
+        first_id = 1
+        try:
+            for label, url in targets:
+                asyncio.run(upgrade_async(url))
+                for workload in WORKLOADS:
+                    for procs in processes:
+                        for w in writers:
+                            rate = measure(url, workload, args.messages, w, procs, first_id)
+                            first_id += 100_000_000
+                            unit = "messages/s" if workload == "messages" else "replies/s (6 transactions each)"
+                            print(f"{label:22} {workload:8} processes={procs} writers={w:<3} {rate:8,.0f} {unit}")
+        finally:
+            if args.postgres:
+                asyncio.run(_postgres_admin(args.postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    main()
