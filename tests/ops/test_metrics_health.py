@@ -206,3 +206,28 @@ async def test_a_failing_health_check_is_a_503_not_a_crash(
         await server.stop()
     assert status == 503 and body == {"status": "unhealthy", "problems": ["health check failed: RuntimeError"]}
     assert "health check failed" in caplog.text
+
+
+async def test_persona_replies_are_counted_by_outcome(
+    emulator: DiscordEmulator, run_bot: BotRunner, http: aiohttp.ClientSession
+) -> None:
+    from tests.cogs._world import make_world
+
+    port = free_port()
+    w = await make_world(emulator, run_bot, replies="The forest is calm tonight.", settings={"metrics_port": port})
+    await emulator.user_message(w.channel, w.alice, "Hello Seraphina!")
+    reply = await emulator.wait_for_webhook_message(w.channel)
+    await emulator.wait_until(lambda: reply.components, "the finished reply")
+    ok = await scrape(http, port)
+    assert ok.value("rpbot_replies_total", outcome="ok") == 1
+    assert ok.value("rpbot_generation_seconds_count") == 1
+    assert ok.value("rpbot_generation_seconds_sum") > 0
+
+    w.engine.fail_next()  # an engine error: the user gets a notice, the metric a failure
+    await emulator.user_message(w.channel, w.alice, "Seraphina, again?")
+    notice = await emulator.wait_for_webhook_message(w.channel, lambda msg: "could not answer" in msg.content)
+    assert "Try again" in str(notice.components)
+    failed = await scrape(http, port)
+    assert failed.value("rpbot_replies_total", outcome="failed") == 1
+    assert failed.value("rpbot_replies_total", outcome="ok") == 1
+    assert failed.value("rpbot_generation_seconds_count") == 1  # only finished replies are timed
