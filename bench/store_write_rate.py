@@ -1,17 +1,20 @@
 """How fast the store takes the writes the chat makes, on SQLite and on PostgreSQL.
 
-    PYTHONPATH=. python bench/store_write_rate.py [--messages 2000] [--writers 1,8,32] [--postgres URL]
+    PYTHONPATH=. python bench/store_write_rate.py [--messages 2000] [--writers 1,16] [--processes 1,2] [--postgres URL]
 
-Two workloads, each through the real repositories and one transaction apiece, like the chat cog:
+Three workloads through the real repositories:
 
-* messages: one stored message per transaction (what ``on_message`` does for every message in a persona channel);
-* replies: the bookkeeping of one persona reply (store the trigger, create the generation, record the prompt, mark
-  it done, keep the swipe, store the reply message: six transactions).
+* messages: one transaction per stored message (the worst case: every message on its own);
+* batched: messages through the chat cog's ``StoreWriter``, which gathers the writes of a few milliseconds into one
+  transaction (what ``on_message`` does now);
+* replies: the bookkeeping of one persona reply as the chat cog does it: create the generation, record its result
+  and message ids (with the previous-reply lookup), read it back to strip the old buttons (three transactions), and
+  the trigger and reply messages through the ``StoreWriter``.
 
 ``--writers`` concurrent tasks share one ``Database`` (one process); ``--processes 2`` runs that many OS processes
 on the same database at once (shards), and reports their total. SQLite runs on a file in a temporary folder;
 PostgreSQL on a fresh database created on the server at ``--postgres`` (or $RPBOT_TEST_POSTGRES_URL) and dropped after.
-Results depend on the machine and its disk; compare runs on the same one.
+Results depend on the machine, its disk and its load; compare runs on the same one.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bot.chat.history import StoreWriter
 from bot.storage import Database
 from bot.storage import generations as gen_repo
 from bot.storage import messages as msg_repo
@@ -54,61 +58,68 @@ def _record(message_id: int, channel_id: int, kind: MessageKind = MessageKind.HU
     )
 
 
-async def _one_message(db: Database, ids: itertools.count[int], channel_id: int) -> None:
+async def _one_message(db: Database, ids: itertools.count[int], channel_id: int, _writer: StoreWriter) -> None:
     async with db.session() as session:
         await msg_repo.save_message(session, _record(next(ids), channel_id))
 
 
-async def _one_reply(db: Database, ids: itertools.count[int], channel_id: int) -> None:
+async def _one_batched(db: Database, ids: itertools.count[int], channel_id: int, writer: StoreWriter) -> None:
+    writer.save([_record(next(ids), channel_id)])
+    await asyncio.sleep(0)  # messages arrive one event at a time
+
+
+async def _one_reply(db: Database, ids: itertools.count[int], channel_id: int, writer: StoreWriter) -> None:
     trigger = next(ids)
-    async with db.session() as session:
-        await msg_repo.save_message(session, _record(trigger, channel_id))
+    writer.save([_record(trigger, channel_id)])
     async with db.session() as session:
         gen = await gen_repo.create_generation(
             session, guild_id=GUILD, channel_id=channel_id, trigger_message_id=trigger, user_id=1
         )
-    async with db.session() as session:
-        row = await gen_repo.get_generation(session, gen.id)
-        assert row is not None
-        row.sampler = {"temperature": 0.8, "max_new_tokens": 300}
-        row.prompt_tokens = 1500
-    async with db.session() as session:
-        row = await gen_repo.get_generation(session, gen.id)
-        assert row is not None
-        row.status, row.finish_reason, row.completion_tokens = GenerationStatus.DONE, "stop", 120
-        row.finished_at = utcnow()
-    async with db.session() as session:
-        row = await gen_repo.get_generation(session, gen.id)
-        assert row is not None
-        row.alternatives, row.selected_index = ["A reply."], 0
     reply = next(ids)
     async with db.session() as session:
-        await msg_repo.save_message(session, _record(reply, channel_id, MessageKind.PERSONA))
         row = await gen_repo.get_generation(session, gen.id)
         assert row is not None
-        row.reply_message_ids, row.reply_message_id = [reply], reply
+        row.status, row.finish_reason, row.prompt_tokens, row.completion_tokens = (
+            GenerationStatus.DONE,
+            "stop",
+            1500,
+            120,
+        )
+        row.sampler, row.alternatives, row.selected_index = {"temperature": 0.8, "max_new_tokens": 300}, ["A reply."], 0
+        row.reply_message_ids, row.reply_message_id, row.finished_at = [reply], reply, utcnow()
+        await gen_repo.previous_reply(session, channel_id, gen.id)
+    async with db.session() as session:
+        await gen_repo.get_generation(session, gen.id)
+    writer.save([_record(reply, channel_id, MessageKind.PERSONA)])
 
 
-Work = Callable[[Database, "itertools.count[int]", int], Awaitable[None]]
-WORKLOADS: dict[str, Work] = {"messages": _one_message, "replies": _one_reply}
+Work = Callable[[Database, "itertools.count[int]", int, StoreWriter], Awaitable[None]]
+WORKLOADS: dict[str, Work] = {"messages": _one_message, "batched": _one_batched, "replies": _one_reply}
+UNITS = {"messages": "messages/s (1 transaction each)", "batched": "messages/s (StoreWriter)", "replies": "replies/s"}
 
 
 async def _run(url: str, workload: str, count: int, writers: int, first_id: int) -> float:
     """Do ``count`` units of work with ``writers`` concurrent tasks; returns units per second."""
     db = Database(url)
+    writer = StoreWriter(db)
+    writer.start()
     ids = itertools.count(first_id)
     work = WORKLOADS[workload]
     todo = iter(range(count))
 
-    async def writer(channel_id: int) -> None:
+    async def worker(channel_id: int) -> None:
         for _ in todo:
-            await work(db, ids, channel_id)
+            await work(db, ids, channel_id, writer)
 
     try:
         began = time.perf_counter()
-        await asyncio.gather(*(writer(first_id + w) for w in range(writers)))
+        await asyncio.gather(*(worker(first_id + w) for w in range(writers)))
+        await writer.flush()  # done means in the database
         return count / (time.perf_counter() - began)
     finally:
+        await writer.close()
+        if writer.failed_batches:
+            raise RuntimeError(f"{writer.failed_batches} store batches failed")
         await db.close()
 
 
@@ -139,7 +150,7 @@ async def _postgres_admin(base: str, statement: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000, help="units of work per measurement")
-    parser.add_argument("--writers", default="1,8,32", help="concurrent writers per process, comma-separated")
+    parser.add_argument("--writers", default="1,16", help="concurrent writers per process, comma-separated")
     parser.add_argument("--processes", default="1,2", help="processes on one database, comma-separated")
     parser.add_argument("--postgres", default=os.environ.get("RPBOT_TEST_POSTGRES_URL"), help="server URL")
     args = parser.parse_args()
@@ -162,8 +173,9 @@ def main() -> None:
                         for w in writers:
                             rate = measure(url, workload, args.messages, w, procs, first_id)
                             first_id += 100_000_000
-                            unit = "messages/s" if workload == "messages" else "replies/s (6 transactions each)"
-                            print(f"{label:22} {workload:8} processes={procs} writers={w:<3} {rate:8,.0f} {unit}")
+                            print(
+                                f"{label:22} {workload:8} processes={procs} writers={w:<3} {rate:8,.0f} {UNITS[workload]}"
+                            )
         finally:
             if args.postgres:
                 asyncio.run(_postgres_admin(args.postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
