@@ -173,9 +173,8 @@ def main() -> None:
                         for w in writers:
                             rate = measure(url, workload, args.messages, w, procs, first_id)
                             first_id += 100_000_000
-                            print(
-                                f"{label:22} {workload:8} processes={procs} writers={w:<3} {rate:8,.0f} {UNITS[workload]}"
-                            )
+                            where = f"{label:22} {workload:8} processes={procs} writers={w:<3}"
+                            print(f"{where} {rate:8,.0f} {UNITS[workload]}", flush=True)
         finally:
             if args.postgres:
                 asyncio.run(_postgres_admin(args.postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
