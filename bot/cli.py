@@ -148,8 +148,13 @@ async def _serve(settings: Settings, token: str) -> int:
         log.info("%s received: finishing running replies (up to %gs)", sig.name, settings.shutdown_grace_seconds)
         stopping.append(asyncio.create_task(bot.close(), name="rpbot-shutdown"))
 
+    handled: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            handled.append(sig)
+        except NotImplementedError:  # Windows event loops: Ctrl-C still stops the bot, without the grace period
+            pass
     try:
         await bot.start(token)
     except discord.LoginFailure:
@@ -165,7 +170,7 @@ async def _serve(settings: Settings, token: str) -> int:
         # start() returns as soon as the gateway closes; the shutdown goes on (queue, engine, database) and must
         # finish before the event loop does, or asyncio.run would cancel it halfway.
         await bot.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in handled:
             loop.remove_signal_handler(sig)
     return 0
 
