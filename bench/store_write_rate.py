@@ -147,6 +147,11 @@ async def _postgres_admin(base: str, statement: str) -> None:
         await engine.dispose()
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000, help="units of work per measurement")
@@ -171,10 +176,14 @@ def main() -> None:
                 for workload in WORKLOADS:
                     for procs in processes:
                         for w in writers:
-                            rate = measure(url, workload, args.messages, w, procs, first_id)
-                            first_id += 100_000_000
                             where = f"{label:22} {workload:8} processes={procs} writers={w:<3}"
-                            print(f"{where} {rate:8,.0f} {UNITS[workload]}", flush=True)
+                            try:
+                                rate = measure(url, workload, args.messages, w, procs, first_id)
+                            except Exception as exc:  # a limit reached is a result too (e.g. SQLite's lock)
+                                print(f"{where}   FAILED: {type(exc).__name__}: {_first_line(exc)}", flush=True)
+                            else:
+                                print(f"{where} {rate:8,.0f} {UNITS[workload]}", flush=True)
+                            first_id += 100_000_000
         finally:
             if args.postgres:
                 asyncio.run(_postgres_admin(args.postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -66,10 +66,10 @@ async def fail_unfinished(
     ``guilds`` limits it to the guilds this process serves: with several processes (shards) on one database, the
     others' replies are still running.
     """
-    unfinished_states = [GenerationStatus.QUEUED, GenerationStatus.RUNNING]
-    stmt = update(Generation).where(Generation.status.in_(unfinished_states))
+    is_unfinished = Generation.status.in_([GenerationStatus.QUEUED, GenerationStatus.RUNNING])
+    stmt = update(Generation).where(is_unfinished)
     if guilds is not None:
-        rows = (await session.execute(select(Generation.id, Generation.guild_id).where(stmt.whereclause))).all()
+        rows = (await session.execute(select(Generation.id, Generation.guild_id).where(is_unfinished))).all()
         ids = [gen_id for gen_id, guild_id in rows if guilds(guild_id)]
         if not ids:
             return 0

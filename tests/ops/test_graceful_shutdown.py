@@ -13,13 +13,14 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 
 from bot.storage import Database
 from bot.storage import channels as channel_repo
@@ -49,8 +50,6 @@ class RunningBot:
 
     async def generations(self) -> list[Generation]:
         async with self.db.session() as session:
-            from sqlalchemy import select
-
             return list((await session.scalars(select(Generation).order_by(Generation.id))).all())
 
 
@@ -62,7 +61,7 @@ async def _healthz(port: int) -> tuple[int, dict]:
         return response.status, await response.json()
 
 
-async def _until(check, what: str, timeout: float, bot: RunningBot) -> object:  # type: ignore[no-untyped-def]
+async def _until(check: Callable[[], Awaitable[Any]], what: str, timeout: float, bot: RunningBot) -> Any:
     """Poll ``check`` (async) until it returns something truthy; fail with the bot's log if it never does."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -169,7 +168,7 @@ async def test_sigterm_lets_the_streaming_reply_finish(
     trigger, reply, signalled = await _sigterm_mid_reply(emulator, world, bot)
 
     # While it drains: unhealthy (so an orchestrator stops routing to it), still streaming, still storing messages.
-    status, body = await _until(lambda: _unhealthy(bot.metrics_port), "/healthz to say it is shutting down", 10, bot)  # type: ignore[misc]
+    status, body = await _until(lambda: _unhealthy(bot.metrics_port), "/healthz to say it is shutting down", 10, bot)
     assert status == 503 and "shutting down" in body["problems"]
     late = await emulator.user_message(world["channel"], world["bob"], "Seraphina, are you still there?")
     await _until(lambda: _stored(bot, late.id), "the late message in the store", 10, bot)
