@@ -17,8 +17,8 @@ from bot.storage import guilds as guild_repo
 from bot.storage import messages as msg_repo
 from bot.storage import moderation as mod_repo
 from bot.storage.models import Persona
-from cogs._permissions import is_moderator, require_manage_guild
-from cogs.errors import CommandError, NotPermitted
+from cogs._permissions import has_manage_guild, is_moderator, require_manage_guild
+from cogs._user_errors import CommandError, NotPermitted
 
 if TYPE_CHECKING:
     from bot.client import RPBot
@@ -40,6 +40,22 @@ def _fmt_time(when: datetime | None) -> str:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return discord.utils.format_dt(when, "f")
+
+
+def _code(text: str) -> str:
+    """Show a pattern verbatim: markdown is not parsed in a code span (escaping would show the backslashes), and
+    a backtick, the only character that could end the span, is shown as a look-alike."""
+    return "`" + text.replace("`", "\u02cb") + "`"
+
+
+_TARGET_MENTIONS = {"user": "<@{}>", "channel": "<#{}>", "role": "<@&{}>"}
+
+
+def _audit_target(target: str) -> str:
+    """Audit targets are stored as "user 123"; show them as mentions (never pinging: mentions are disabled)."""
+    kind, _, ident = target.partition(" ")
+    template = _TARGET_MENTIONS.get(kind)
+    return template.format(ident) if template and ident.isdigit() else target
 
 
 @app_commands.guild_only()
@@ -247,9 +263,10 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
             return
         lines = []
         for row in rows:
-            details = ", ".join(f"{k}={v}" for k, v in (row.details or {}).items())
-            line = f"{_fmt_time(row.created_at)} <@{row.actor_id}> **{row.action}** {row.target}"
-            lines.append(line + (f" ({details})" if details else ""))
+            details = ", ".join(f"{k}={v}" for k, v in (row.details or {}).items() if v not in ("", None))
+            actor = f"<@{row.actor_id}>" if row.actor_id else "the bot"
+            line = f"{_fmt_time(row.created_at)} {actor} **{row.action}** {_audit_target(row.target)}"
+            lines.append(line.rstrip() + (f" ({details})" if details else ""))
         embed = discord.Embed(title="Audit log", description="\n".join(lines)[:4000])
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
@@ -277,9 +294,7 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
                 session, interaction.guild_id, interaction.user.id, "admin.filter.add", compiled.pattern, regex=regex
             )
         self._changed(interaction.guild_id)
-        await interaction.response.send_message(
-            f"Added filter `{discord.utils.escape_markdown(compiled.pattern)}`.", ephemeral=True
-        )
+        await interaction.response.send_message(f"Added filter {_code(compiled.pattern)}.", ephemeral=True)
 
     @filter.command(name="remove", description="Remove an output filter")
     async def filter_remove(self, interaction: discord.Interaction, pattern: str) -> None:
@@ -294,7 +309,8 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
 
     @filter_remove.autocomplete("pattern")
     async def _filter_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        if interaction.guild_id is None:
+        # Autocomplete skips the group's interaction_check, and the patterns are for moderators' eyes only.
+        if interaction.guild_id is None or not has_manage_guild(interaction):
             return []
         async with self.bot.db.session() as session:
             rows = await mod_repo.list_filters(session, interaction.guild_id)
@@ -313,7 +329,7 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
             text = "No output filters."
         else:
             text = "**Output filters**\n" + "\n".join(
-                f"- `{discord.utils.escape_markdown(r.pattern)}`" + (" (regex)" if r.is_regex else "") for r in rows
+                f"- {_code(r.pattern)}" + (" (regex)" if r.is_regex else "") for r in rows
             )
         await interaction.response.send_message(text[:2000], ephemeral=True)
 
@@ -322,7 +338,10 @@ class AdminCog(commands.Cog):
     def __init__(self, bot: RPBot) -> None:
         self.bot = bot
         self.group = AdminGroup(self)
-        self.reply_info_menu = app_commands.ContextMenu(name="Reply info", callback=self.reply_info)
+        # Discord reads ``contexts`` (dm_permission, which guild_only sets, is deprecated), so pass both.
+        self.reply_info_menu = app_commands.ContextMenu(
+            name="Reply info", callback=self.reply_info, allowed_contexts=app_commands.AppCommandContext(guild=True)
+        )
         self.reply_info_menu.guild_only = True
         self.reply_info_menu.default_permissions = MANAGE_MESSAGES
 
