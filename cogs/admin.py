@@ -137,7 +137,12 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
         async with self.bot.db.session() as session:
             count = await msg_repo.forget_user(session, user.id, interaction.guild_id)
             await mod_repo.audit(
-                session, interaction.guild_id, interaction.user.id, "admin.forget", f"user {user.id}", messages=count
+                session,
+                interaction.guild_id,
+                interaction.user.id,
+                mod_repo.ADMIN_FORGET,
+                f"user {user.id}",
+                messages=count,
             )
         await interaction.response.send_message(
             f"Deleted {count} stored message(s) of {user.mention} in this server.",
@@ -152,9 +157,10 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
         assert interaction.guild_id is not None
         async with self.bot.db.session() as session:
             await guild_repo.update_guild(session, interaction.guild_id, paused=True)
+        # Chat must see the pause before the queue is emptied, so nothing it is preparing is submitted after.
+        self._changed(interaction.guild_id)
         cancelled = self.bot.queue.cancel_guild(interaction.guild_id) if self.bot.queue else 0
         await self._audit(interaction, "admin.pause", cancelled=cancelled)
-        self._changed(interaction.guild_id)
         await interaction.response.send_message(
             f"Personas are paused in this server ({cancelled} queued or running replies cancelled). "
             "Use /admin resume to let them talk again.",
@@ -368,7 +374,7 @@ class AdminCog(commands.Cog):
                 session,
                 interaction.guild_id,
                 interaction.user.id,
-                "forget-me",
+                mod_repo.FORGET_ME,
                 f"user {interaction.user.id}",
                 messages=count,
             )
