@@ -20,6 +20,7 @@ from tests.discord_emulator import models as m
 from tests.discord_emulator.fixtures import BotRunner
 from tests.support.scripted_engine import ScriptedEngine
 
+CHAT_EXTENSIONS = EXTENSIONS
 # The fastest streaming Settings allow, so replies are edited while they stream.
 FAST_STREAM = {"stream_edit_interval": 0.2}
 
@@ -54,7 +55,9 @@ def scripted_engine() -> ScriptedEngine:
 @pytest.fixture
 async def chat_bot(run_bot: BotRunner, world: World, scripted_engine: ScriptedEngine) -> RPBot:
     """RPBot with every extension, the ScriptedEngine and a running generation queue."""
-    return await run_bot(engine=scripted_engine, start_generation=True, extensions=EXTENSIONS, settings=FAST_STREAM)
+    return await run_bot(
+        engine=scripted_engine, start_generation=True, extensions=CHAT_EXTENSIONS, settings=FAST_STREAM
+    )
 
 
 async def activate_persona(
