@@ -32,6 +32,8 @@ NO_MENTIONS = discord.AllowedMentions.none()
 RETENTION_CHECK_HOURS = 1.0
 MAX_RATELIMIT_COUNT = 1000
 MAX_RATELIMIT_SECONDS = 86_400
+MESSAGE_MAX = 2000  # Discord's limit on a message's content
+CHOICE_VALUE_MAX = 100  # Discord's limit on an autocomplete choice's value
 
 
 def _fmt_time(when: datetime | None) -> str:
@@ -40,6 +42,22 @@ def _fmt_time(when: datetime | None) -> str:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return discord.utils.format_dt(when, "f")
+
+
+def _listing(title: str, lines: list[str]) -> str:
+    """A bold title and as many whole lines as fit in one message, then how many were left out."""
+    reserve = len(f"\n…and {len(lines)} more")
+    shown: list[str] = []
+    size = len(title) + 4
+    for line in lines:
+        if size + 1 + len(line) + reserve > MESSAGE_MAX:
+            break
+        shown.append(line)
+        size += 1 + len(line)
+    text = "\n".join([f"**{title}**", *shown])
+    if len(shown) < len(lines):
+        text += f"\n…and {len(lines) - len(shown)} more"
+    return text
 
 
 def _code(text: str) -> str:
@@ -124,12 +142,10 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
             text = "Nobody is blocked."
         else:
             lines = [
-                f"<@{r.user_id}> since {_fmt_time(r.created_at)}" + (f": {r.reason}" if r.reason else "")
-                for r in rows[:50]
+                f"<@{r.user_id}> since {_fmt_time(r.created_at)}" + (f": {r.reason}" if r.reason else "") for r in rows
             ]
-            more = f"\n…and {len(rows) - 50} more" if len(rows) > 50 else ""
-            text = "**Blocked users**\n" + "\n".join(lines) + more
-        await interaction.response.send_message(text[:2000], ephemeral=True, allowed_mentions=NO_MENTIONS)
+            text = _listing("Blocked users", lines)
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="forget", description="Delete everything a user said from the bot's memory here")
     async def forget(self, interaction: discord.Interaction, user: discord.User) -> None:
@@ -234,13 +250,13 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
             await interaction.response.send_message("Nothing is queued or running in this server.", ephemeral=True)
             return
         lines = []
-        for req in requests[:25]:
+        for req in requests:
             where = f"<#{req.job.channel_id}>"
             state = "writing" if req.position == 0 else f"#{req.position} in queue"
             who = f" for <@{req.job.user_id}>" if req.job.user_id else ""
             lines.append(f"- {state}: {req.job.label or 'reply'} in {where}{who} ({req.waited_seconds:.0f}s)")
         await interaction.response.send_message(
-            "**Generation queue**\n" + "\n".join(lines), ephemeral=True, allowed_mentions=NO_MENTIONS
+            _listing("Generation queue", lines), ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
     @app_commands.command(name="cancel", description="Cancel queued and running replies (in one channel or all)")
@@ -305,9 +321,14 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
     @filter.command(name="remove", description="Remove an output filter")
     async def filter_remove(self, interaction: discord.Interaction, pattern: str) -> None:
         assert interaction.guild_id is not None
+        pattern = pattern.strip()
         async with self.bot.db.session() as session:
-            removed = await mod_repo.remove_filter(session, interaction.guild_id, pattern.strip())
-            if not removed:
+            stored = [r.pattern for r in await mod_repo.list_filters(session, interaction.guild_id)]
+            if pattern not in stored and len(pattern) == CHOICE_VALUE_MAX:
+                # Autocomplete values are cut to Discord's limit: a longer pattern comes back as its prefix.
+                longer = [p for p in stored if p.startswith(pattern)]
+                pattern = longer[0] if len(longer) == 1 else pattern
+            if not await mod_repo.remove_filter(session, interaction.guild_id, pattern):
                 raise CommandError("No such filter; see /admin filter list.")
             await mod_repo.audit(session, interaction.guild_id, interaction.user.id, "admin.filter.remove", pattern)
         self._changed(interaction.guild_id)
@@ -321,7 +342,7 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
         async with self.bot.db.session() as session:
             rows = await mod_repo.list_filters(session, interaction.guild_id)
         return [
-            app_commands.Choice(name=r.pattern[:100], value=r.pattern[:100])
+            app_commands.Choice(name=r.pattern[:CHOICE_VALUE_MAX], value=r.pattern[:CHOICE_VALUE_MAX])
             for r in rows
             if current.lower() in r.pattern.lower()
         ][:25]
@@ -334,10 +355,9 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
         if not rows:
             text = "No output filters."
         else:
-            text = "**Output filters**\n" + "\n".join(
-                f"- {_code(r.pattern)}" + (" (regex)" if r.is_regex else "") for r in rows
-            )
-        await interaction.response.send_message(text[:2000], ephemeral=True)
+            lines = [f"- {_code(r.pattern)}" + (" (regex)" if r.is_regex else "") for r in rows]
+            text = _listing("Output filters", lines)
+        await interaction.response.send_message(text, ephemeral=True)
 
 
 class AdminCog(commands.Cog):

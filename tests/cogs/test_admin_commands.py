@@ -17,6 +17,7 @@ from bot.generation.queue import GenerationJob, QueuedRequest
 from bot.storage import generations as gen_repo
 from bot.storage import guilds as guild_repo
 from bot.storage import messages as msg_repo
+from bot.storage import moderation as mod_repo
 from bot.storage.messages import MessageRecord
 from bot.storage.models import AuditEntry, BlockedUser, GuildSettings, MessageKind, OutputFilter, StoredMessage
 from tests.cogs.conftest import World
@@ -312,6 +313,49 @@ async def test_filters_are_validated_listed_and_removed(
     actions = [a.action for a in await audit_rows(admin_bot, world.guild.id)]
     assert actions.count("admin.filter.add") == await count(admin_bot, OutputFilter) + 1
     assert actions[-1] == "admin.filter.remove"
+
+
+async def test_long_lists_fit_in_one_message(
+    emulator: DiscordEmulator, admin_bot: RPBot, world: World, scripted_engine: ScriptedEngine
+) -> None:
+    gid = world.guild.id
+    async with admin_bot.db.session() as session:
+        for i in range(60):
+            await mod_repo.block_user(session, gid, 10_000 + i, world.admin.user.id, f"reason number {i} " * 20)
+        for i in range(100):
+            await mod_repo.add_filter(session, gid, f"word{i:03d}" + "x" * 150, is_regex=False, by=None)
+    scripted_engine.pause()
+    held = [
+        hold_job(admin_bot, gid, 20_000 + i, world.member.user.id, f"{'Persona' * 11} in #{'channel' * 14}")
+        for i in range(30)
+    ]
+
+    for sub, title, total in (("blocklist", "Blocked users", 60), ("filter list", "Output filters", 100)):
+        text = (await admin(emulator, world.general, world.admin, sub)).content
+        shown = len(text.splitlines()) - 2  # less the title and the "…and N more" line
+        assert len(text) <= 2000 and text.startswith(f"**{title}**")
+        assert text.endswith(f"…and {total - shown} more") and 0 < shown < total
+    queue_text = (await admin(emulator, world.general, world.admin, "queue")).content
+    assert len(queue_text) <= 2000 and queue_text.endswith("more")
+    for job in held:
+        job.cancel()
+    scripted_engine.resume()
+
+
+async def test_long_filter_removed_through_its_autocomplete_value(
+    emulator: DiscordEmulator, admin_bot: RPBot, world: World
+) -> None:
+    pattern = "a" * 60 + "b" * 90  # longer than an autocomplete value may be
+    await admin(emulator, world.general, world.admin, "filter add", pattern=pattern)
+    complete = await emulator.autocomplete(
+        world.general, world.admin, "admin", {"pattern": "aaa"}, "pattern", subcommand="filter remove"
+    )
+    await complete.wait_response()
+    [choice] = complete.choices
+    assert len(choice["value"]) == 100
+    handle = await admin(emulator, world.general, world.admin, "filter remove", pattern=choice["value"])
+    assert handle.content == "Filter removed."
+    assert await count(admin_bot, OutputFilter) == 0
 
 
 async def test_forget_and_forget_me_delete_the_rows(emulator: DiscordEmulator, admin_bot: RPBot, world: World) -> None:
