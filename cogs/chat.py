@@ -442,7 +442,6 @@ class ChatCog(commands.Cog):
         if active is None or not self._accepting:
             return
         async with self.bot.db.session() as session:
-            previous = await gen_repo.latest_in_channel(session, channel.id)
             gen = await gen_repo.create_generation(
                 session,
                 guild_id=active.guild_id,
@@ -472,7 +471,9 @@ class ChatCog(commands.Cog):
                 row.selected_index = 0
         posted = await writer.finish(text, reply_view(gen.id, 0, 1))
         await self._store_reply(gen.id, active, channel, posted, writer, text)
-        if previous is not None and previous.reply_message_ids:
+        async with self.bot.db.session() as session:
+            previous = await gen_repo.previous_reply(session, channel.id, gen.id)
+        if previous is not None:
             await self._strip_buttons(channel, previous.id)
 
     async def _produce(

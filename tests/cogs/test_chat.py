@@ -224,3 +224,97 @@ async def test_persona_and_buttons_survive_a_restart(emulator: DiscordEmulator, 
     again = await emulator.wait_for_webhook_message(w.channel)
     await _final(emulator, again, "Regenerated.")
     assert bot.get_cog("ChatCog") is not None
+
+
+async def test_threads_inherit_the_persona_and_reply_through_the_parent_webhook(
+    emulator: DiscordEmulator, run_bot
+) -> None:
+    w = await make_world(emulator, run_bot, replies="In the thread.")
+    thread = await emulator.create_thread(w.channel, "side story", owner=w.alice)
+    await emulator.user_message(thread, w.alice, "Seraphina, follow me here")
+    reply = await emulator.wait_for_webhook_message(thread)
+    await _final(emulator, reply, "In the thread.")
+    assert reply.channel_id == thread.id and reply.username == "Seraphina"
+    async with w.bot.db.session() as s:
+        rows = await msg_repo.latest_messages(s, thread.id)
+    assert rows and rows[0].parent_channel_id == w.channel.id
+
+
+async def test_without_manage_webhooks_falls_back_and_tells_admins_once(
+    emulator: DiscordEmulator, run_bot
+) -> None:
+    w = await make_world(emulator, run_bot, replies=["Plain one.", "Plain two."])
+    await emulator.deny_bot_manage_webhooks(w.channel)
+    await emulator.user_message(w.channel, w.alice, "Seraphina?")
+    reply = await emulator.wait_for_message(
+        w.channel, lambda m: m.source == "bot" and m.content.startswith("**Seraphina**")
+    )
+    await emulator.wait_until(lambda: reply.content == "**Seraphina**: Plain one." and reply.components, "fallback")
+    notices = [m for m in emulator.messages_in(w.channel) if "Manage Webhooks" in m.content]
+    assert len(notices) == 1 and notices[0].allowed_mentions == {"parse": []}
+    await emulator.user_message(w.channel, w.alice, "Seraphina, again?")
+    second = await emulator.wait_for_message(w.channel, lambda m: m.source == "bot" and "Plain two" in m.content)
+    assert second is not None
+    assert len([m for m in emulator.messages_in(w.channel) if "Manage Webhooks" in m.content]) == 1
+
+
+async def test_deleted_webhook_is_recreated(emulator: DiscordEmulator, run_bot) -> None:
+    w = await make_world(emulator, run_bot, replies=["One.", "Two."])
+    await emulator.user_message(w.channel, w.alice, "Seraphina, one")
+    first = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, first, "One.")
+    await emulator.delete_webhook(first.webhook_id)
+    await emulator.user_message(w.channel, w.alice, "Seraphina, two")
+    second = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, second, "Two.")
+    assert second.webhook_id != first.webhook_id
+
+
+async def test_engine_error_posts_a_neutral_notice_and_try_again_works(
+    emulator: DiscordEmulator, run_bot, error_log_guard
+) -> None:
+    from bot.generation.base import EngineError
+
+    w = await make_world(emulator, run_bot, replies="Recovered.")
+    w.engine.fail_next(EngineError("CUDA error: device-side assert triggered"), after_chunks=1)
+    await emulator.user_message(w.channel, w.alice, "Seraphina?")
+    notice = await emulator.wait_for_webhook_message(w.channel)
+    await emulator.wait_until(lambda: "could not answer" in notice.content and notice.components, "the notice")
+    assert "CUDA" not in notice.content and "Traceback" not in notice.content
+    click = await emulator.click_button(notice, _button(notice, "Try again"), w.alice)
+    await click.wait_response()
+    await emulator.wait_until(
+        lambda: any(m.content == "Recovered." for m in emulator.messages_in(w.channel)), "a successful retry"
+    )
+
+
+async def test_deleting_the_trigger_cancels_its_reply(emulator: DiscordEmulator, run_bot) -> None:
+    w = await make_world(emulator, run_bot, replies="This should never be posted.")
+    w.engine.pause()
+    trigger = await emulator.user_message(w.channel, w.alice, "Seraphina, wait")
+    await emulator.wait_until(lambda: w.bot.queue.requests(), "the request queued")
+    await emulator.delete_message(trigger)
+    await emulator.wait_until(lambda: not w.bot.queue.requests(), "the request cancelled")
+    w.engine.resume()
+
+    async def cancelled() -> bool:
+        async with w.bot.db.session() as s:
+            gen = await gen_repo.latest_in_channel(s, w.channel.id)
+        return gen is not None and gen.status is GenerationStatus.CANCELLED
+
+    await eventually(cancelled, "the generation marked cancelled")
+    assert not [m for m in emulator.messages_in(w.channel) if m.source == "webhook"]
+
+
+async def test_streaming_edits_are_throttled_and_final_text_always_sent(emulator: DiscordEmulator, run_bot) -> None:
+    from tests.support.scripted_engine import ScriptedEngine
+
+    text = " ".join(f"word{i}" for i in range(60)) + "."
+    engine = ScriptedEngine(text, delay=0.02)  # about 1.2 s of streaming
+    w = await make_world(emulator, run_bot, engine=engine, settings={"stream_edit_interval": 0.5})
+    await emulator.user_message(w.channel, w.alice, "Seraphina, count")
+    reply = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, reply, text)
+    content_edits = [e for e in reply.edits if "content" in e]
+    assert 1 <= len(content_edits) <= 6  # ~1.2 s at one edit per 0.5 s, plus the final one
+    assert reply.content_history and all(text.startswith(h.removesuffix(" …")) for h in reply.content_history)
