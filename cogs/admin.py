@@ -114,11 +114,15 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
             added = await mod_repo.block_user(session, interaction.guild_id, user.id, interaction.user.id, reason or "")
         if not added:
             raise CommandError(f"{user.mention} is already blocked.")
-        await self._audit(interaction, "admin.block", f"user {user.id}", reason=reason or "")
         self._changed(interaction.guild_id)
-        await interaction.response.send_message(
-            f"Blocked {user.mention}: personas will ignore them here.", ephemeral=True, allowed_mentions=NO_MENTIONS
-        )
+        # Replies they asked for before the block are not written either.
+        pending = self.bot.queue.requests(interaction.guild_id) if self.bot.queue else []
+        cancelled = sum(req.cancel() for req in pending if req.job.user_id == user.id)
+        await self._audit(interaction, "admin.block", f"user {user.id}", reason=reason or "", cancelled=cancelled)
+        text = f"Blocked {user.mention}: personas will ignore them here."
+        if cancelled:
+            text += f" {cancelled} pending replies to them were cancelled."
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="unblock", description="Let a blocked user talk to personas again")
     async def unblock(self, interaction: discord.Interaction, user: discord.User) -> None:

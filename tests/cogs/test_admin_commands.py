@@ -197,11 +197,21 @@ async def test_administrators_may_use_admin_commands(emulator: DiscordEmulator, 
 # ---- each command, as an admin ---------------------------------------------------------------------------------
 
 
-async def test_block_unblock_and_blocklist(emulator: DiscordEmulator, admin_bot: RPBot, world: World) -> None:
+async def test_block_unblock_and_blocklist(
+    emulator: DiscordEmulator, admin_bot: RPBot, world: World, scripted_engine: ScriptedEngine
+) -> None:
     gid, nell = world.guild.id, world.member.user
+    scripted_engine.pause()
+    theirs = hold_job(admin_bot, gid, world.general.id, nell.id, "for nell")
+    others = hold_job(admin_bot, gid, world.nsfw.id, world.admin.user.id, "for ada")
 
     handle = await admin(emulator, world.general, world.admin, "block", user=world.member, reason="spamming")
-    assert f"<@{nell.id}>" in handle.content and "ignore" in handle.content
+    assert handle.content == (
+        f"Blocked <@{nell.id}>: personas will ignore them here. 1 pending replies to them were cancelled."
+    )
+    assert theirs.finished and not others.finished
+    others.cancel()
+    scripted_engine.resume()
     assert handle.original is not None and handle.original.mention_ids == []  # the mention does not ping
     assert await count(admin_bot, BlockedUser, BlockedUser.guild_id == gid, BlockedUser.user_id == nell.id) == 1
 
@@ -416,7 +426,7 @@ async def test_audit_shows_who_did_what_and_when(emulator: DiscordEmulator, admi
 
     full = await admin(emulator, world.general, world.admin, "audit")
     text = full.embeds[0]["description"]
-    assert f"**admin.block** <@{world.member.user.id}> (reason=rude)" in text
+    assert f"**admin.block** <@{world.member.user.id}> (reason=rude, cancelled=0)" in text
 
 
 async def test_queue_lists_and_cancel_stops_generations(
