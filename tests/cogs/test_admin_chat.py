@@ -10,13 +10,16 @@ missing reply is never inferred from a timeout.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from bot.client import RPBot
 from bot.storage import channels as channel_repo
 from bot.storage import generations as gen_repo
+from bot.storage import messages as msg_repo
 from bot.storage.models import Generation, GenerationStatus, ReplyMode, StoredMessage
 from tests.cogs._world import eventually
 from tests.cogs.conftest import CHAT_EXTENSIONS, FAST_STREAM, World, activate_persona
@@ -169,6 +172,39 @@ async def test_pause_cancels_queued_replies_and_silences_the_guild(
     gens = await generations(chat_bot)
     assert len(gens) == 3 and gens[-1].trigger_message_id == after.id  # nothing for the message sent while paused
     assert [m for m in persona_messages(emulator, second) if not m.deleted] == []
+
+
+async def test_a_reply_being_prepared_when_the_guild_is_paused_is_not_sent(
+    emulator: DiscordEmulator,
+    chat_bot: RPBot,
+    world: World,
+    scripted_engine: ScriptedEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await activate_persona(chat_bot, world.nsfw)
+    # Hold the reply while it reads the history, i.e. after it was triggered and before it reaches the queue.
+    reading, go_on = asyncio.Event(), asyncio.Event()
+    real_latest = msg_repo.latest_messages
+
+    async def held_latest(*args: Any, **kwargs: Any) -> Any:
+        reading.set()
+        await go_on.wait()
+        return await real_latest(*args, **kwargs)
+
+    monkeypatch.setattr(msg_repo, "latest_messages", held_latest)
+    await emulator.user_message(world.nsfw, world.member, "Aria, quick, before the pause!")
+    await asyncio.wait_for(reading.wait(), timeout=5)
+
+    handle = await admin(emulator, world.general, world.admin, "pause")
+    assert "(0 queued or running replies cancelled)" in handle.content
+    go_on.set()
+
+    async def cancelled() -> bool:
+        return [g.status for g in await generations(chat_bot)] == [GenerationStatus.CANCELLED]
+
+    await eventually(cancelled, "the reply cancelled")
+    assert scripted_engine.prompts == []
+    assert persona_messages(emulator, world.nsfw) == []
 
 
 # ---- output filters ----------------------------------------------------------------------------------------------
