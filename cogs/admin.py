@@ -154,16 +154,8 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
     @app_commands.command(name="forget", description="Delete everything a user said from the bot's memory here")
     async def forget(self, interaction: discord.Interaction, user: discord.User) -> None:
         assert interaction.guild_id is not None
-        async with self.bot.db.session() as session:
-            count = await msg_repo.forget_user(session, user.id, interaction.guild_id)
-            await mod_repo.audit(
-                session,
-                interaction.guild_id,
-                interaction.user.id,
-                mod_repo.ADMIN_FORGET,
-                f"user {user.id}",
-                messages=count,
-            )
+        count = await self.cog.forget(user.id, interaction.guild_id)
+        await self._audit(interaction, mod_repo.ADMIN_FORGET, f"user {user.id}", messages=count)
         await interaction.response.send_message(
             f"Deleted {count} stored message(s) of {user.mention} in this server.",
             ephemeral=True,
@@ -390,10 +382,19 @@ class AdminCog(commands.Cog):
         self.bot.tree.remove_command(self.reply_info_menu.name, type=self.reply_info_menu.type)
         self.retention.cancel()
 
+    async def forget(self, user_id: int, guild_id: int | None = None) -> int:
+        """Delete a user's stored messages (in one guild, or everywhere). Through the chat cog when it runs: it keeps
+        recent history in memory and writes behind, and both must lose the messages too."""
+        chat = self.chat
+        if chat is not None:
+            return await chat.forget_user(user_id, guild_id)
+        async with self.bot.db.session() as session:
+            return await msg_repo.forget_user(session, user_id, guild_id)
+
     @app_commands.command(name="forget-me", description="Delete everything you said from the bot's memory")
     async def forget_me(self, interaction: discord.Interaction) -> None:
+        count = await self.forget(interaction.user.id)
         async with self.bot.db.session() as session:
-            count = await msg_repo.forget_user(session, interaction.user.id)
             await mod_repo.audit(
                 session,
                 interaction.guild_id,
@@ -439,10 +440,15 @@ class AdminCog(commands.Cog):
     async def retention(self) -> None:
         days = self.bot.settings.message_retention_days
         cutoff = datetime.now(UTC) - timedelta(days=days)
+        chat = self.chat
         try:
-            async with self.bot.db.session() as session:
-                purged = await msg_repo.purge_older_than(session, cutoff)
-                if purged:
+            if chat is not None:  # it holds recent history in memory, which must lose the messages too
+                purged = await chat.purge_older_than(cutoff)
+            else:
+                async with self.bot.db.session() as session:
+                    purged = await msg_repo.purge_older_than(session, cutoff)
+            if purged:
+                async with self.bot.db.session() as session:
                     await mod_repo.audit(session, None, None, "retention.purge", f"{days} days", messages=purged)
         except Exception:
             log.exception("message retention purge failed; will retry")

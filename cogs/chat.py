@@ -476,6 +476,15 @@ class ChatCog(commands.Cog):
         self.history.drop()
         return count
 
+    async def purge_older_than(self, cutoff: datetime) -> int:
+        """Delete stored messages older than ``cutoff`` (retention); later prompts no longer hold them."""
+        await self.writer.flush()
+        async with self.bot.db.session() as session:
+            count = await msg_repo.purge_older_than(session, cutoff)
+        if count:
+            self.history.drop()
+        return count
+
     def _sampler(self, active: ActiveChannel) -> tuple[SamplerParams, int]:
         overrides = dict(active.settings.sampler or {})
         max_new = int(overrides.pop("max_new_tokens", self.bot.settings.max_new_tokens))
