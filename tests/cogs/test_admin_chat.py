@@ -11,6 +11,7 @@ missing reply is never inferred from a timeout.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,7 +21,8 @@ from bot.client import RPBot
 from bot.storage import channels as channel_repo
 from bot.storage import generations as gen_repo
 from bot.storage import messages as msg_repo
-from bot.storage.models import Generation, GenerationStatus, ReplyMode, StoredMessage
+from bot.storage.messages import MessageRecord
+from bot.storage.models import Generation, GenerationStatus, MessageKind, ReplyMode, StoredMessage
 from tests.cogs._world import eventually
 from tests.cogs.conftest import CHAT_EXTENSIONS, FAST_STREAM, World, activate_persona
 from tests.discord_emulator import DiscordEmulator
@@ -182,16 +184,16 @@ async def test_a_reply_being_prepared_when_the_guild_is_paused_is_not_sent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await activate_persona(chat_bot, world.nsfw)
-    # Hold the reply while it reads the history, i.e. after it was triggered and before it reaches the queue.
+    # Hold the reply while it loads the channel's history, i.e. after it was triggered and before it is queued.
     reading, go_on = asyncio.Event(), asyncio.Event()
-    real_latest = msg_repo.latest_messages
+    real_history = msg_repo.history
 
-    async def held_latest(*args: Any, **kwargs: Any) -> Any:
+    async def held_history(*args: Any, **kwargs: Any) -> Any:
         reading.set()
         await go_on.wait()
-        return await real_latest(*args, **kwargs)
+        return await real_history(*args, **kwargs)
 
-    monkeypatch.setattr(msg_repo, "latest_messages", held_latest)
+    monkeypatch.setattr(msg_repo, "history", held_history)
     await emulator.user_message(world.nsfw, world.member, "Aria, quick, before the pause!")
     await asyncio.wait_for(reading.wait(), timeout=5)
 
@@ -231,8 +233,11 @@ async def test_filtered_output_is_withheld_while_streaming_and_regenerated(
     assert len(reply.content_history) >= 2  # it was streamed: posted early, edited later
     assert scripted_engine.cancelled == 1  # the first stream was stopped as soon as the word appeared
     assert leaked(emulator, world.nsfw, "dragon") == []
-    [gen] = await generations(chat_bot)
-    assert gen.alternatives == [CLEAN] and gen.status is GenerationStatus.DONE
+
+    async def recorded() -> bool:
+        return [(g.alternatives, g.status) for g in await generations(chat_bot)] == [([CLEAN], GenerationStatus.DONE)]
+
+    await eventually(recorded, "only the clean reply recorded")
 
 
 async def test_output_filtered_twice_becomes_a_notice(
@@ -381,3 +386,43 @@ async def test_rate_limit_counts_replies_not_messages_in_always_mode(
     late = await emulator.user_message(world.nsfw, world.member, "one more thing")
     await emulator.wait_until(lambda: late.reactions == ["⏰"], "the clock reaction")
     assert len(scripted_engine.prompts) == 1
+
+
+# ---- retention -----------------------------------------------------------------------------------------------------
+
+
+async def test_retention_purge_reaches_the_history_in_memory(
+    emulator: DiscordEmulator, run_bot: BotRunner, world: World, scripted_engine: ScriptedEngine
+) -> None:
+    bot = await run_bot(
+        engine=scripted_engine,
+        start_generation=True,
+        extensions=CHAT_EXTENSIONS,
+        settings={**FAST_STREAM, "message_retention_days": 30},
+    )
+    await activate_persona(bot, world.nsfw)
+    old = datetime.now(UTC) - timedelta(days=40)
+    async with bot.db.session() as session:
+        await msg_repo.save_messages(
+            session,
+            [
+                MessageRecord(
+                    1,
+                    world.guild.id,
+                    world.nsfw.id,
+                    world.member.user.id,
+                    "Nell",
+                    MessageKind.HUMAN,
+                    "the ancient lore of the valley",
+                    old,
+                ),
+            ],
+        )
+    await emulator.user_message(world.nsfw, world.admin, "Aria, remind me of the lore")
+    await finished_reply(emulator, world.nsfw)
+    assert "ancient lore" in scripted_engine.prompts[-1]  # the chat now holds it in memory
+
+    await bot.get_cog("AdminCog").retention()  # type: ignore[union-attr]  # one run of the hourly purge
+    await emulator.user_message(world.nsfw, world.admin, "Aria, and now?")
+    await finished_reply(emulator, world.nsfw)
+    assert "and now?" in scripted_engine.prompts[-1] and "ancient lore" not in scripted_engine.prompts[-1]
