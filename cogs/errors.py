@@ -30,7 +30,6 @@ def describe(error: app_commands.AppCommandError) -> tuple[str, bool]:
     original = getattr(error, "original", None)
     if isinstance(error, app_commands.CommandInvokeError) and original is not None:
         from bot.cards import CardError
-
         from bot.generation.base import SamplerError
         from bot.moderation.filters import FilterError
         from bot.prompt import PromptError

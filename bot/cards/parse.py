@@ -72,7 +72,9 @@ def parse_card(data: bytes, filename: str = "card") -> ImportedCard:
 def _parse(data: bytes, filename: str) -> ImportedCard:
     if len(data) > MAX_CARD_FILE_BYTES:
         raise CardError(
-            f"the file is {len(data) / MiB:.1f} MiB; cards are at most {MAX_CARD_FILE_BYTES // MiB} MiB.", "too_large"
+            f"the file is {len(data):,} bytes; cards are at most {MAX_CARD_FILE_BYTES // MiB} MiB "
+            f"({MAX_CARD_FILE_BYTES:,} bytes).",
+            "too_large",
         )
     if not data:
         raise CardError("the file is empty.", "empty")

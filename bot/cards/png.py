@@ -50,8 +50,8 @@ def read_chunks(data: bytes) -> list[Chunk]:
         end = pos + 12 + length
         if length > 0x7FFFFFFF or end > size:
             raise CardError(
-                f"The PNG is truncated: a {kind.decode('latin-1', 'replace')!r} chunk claims {length} bytes but the "
-                f"file ends first. Download or export the card again.",
+                f"The PNG is truncated: its {kind.decode('latin-1', 'replace')!r} chunk at byte {pos} claims "
+                f"{length:,} bytes but the file ends first. Download or export the card again.",
                 "truncated",
             )
         body = data[pos + 8 : pos + 8 + length]
@@ -80,7 +80,7 @@ def _inflate(data: bytes, keyword: str) -> bytes:
         raise CardError(f"The PNG's compressed {keyword!r} text chunk is damaged.", "bad_png") from None
     if len(out) > MAX_TEXT_CHUNK_BYTES or inflater.unconsumed_tail:
         raise CardError(
-            f"The PNG's {keyword!r} text chunk unpacks to more than {MAX_TEXT_CHUNK_BYTES // (1024 * 1024)} MiB.",
+            f"The PNG's {keyword!r} text chunk unpacks to over {MAX_TEXT_CHUNK_BYTES:,} bytes, too much for a card.",
             "too_large",
         )
     return out
@@ -97,7 +97,7 @@ def decode_text_chunk(chunk: Chunk) -> tuple[str, str] | None:
     if chunk.type == b"tEXt":
         if len(rest) > MAX_TEXT_CHUNK_BYTES:
             raise CardError(
-                f"The PNG's {keyword!r} text chunk is larger than {MAX_TEXT_CHUNK_BYTES // (1024 * 1024)} MiB.",
+                f"The PNG's {keyword!r} text chunk is larger than {MAX_TEXT_CHUNK_BYTES:,} bytes, too much for a card.",
                 "too_large",
             )
         return keyword, rest.decode("latin-1")

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.prompt.errors import PersonaTooLarge, PromptError
 from bot.prompt.examples import ExampleTurn, parse_examples
@@ -161,12 +161,16 @@ class _Layout:
     dropped: list[str] = field(default_factory=list)
 
 
-class _LRU(OrderedDict[Any, Any]):
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class _LRU(OrderedDict[_K, _V]):
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
 
-    def put(self, key: Any, value: Any) -> None:
+    def put(self, key: _K, value: _V) -> None:
         self[key] = value
         self.move_to_end(key)
         while len(self) > self.size:
@@ -203,8 +207,8 @@ class PromptBuilder:
         self.lore_fraction = lore_fraction
         self.max_name_stops = max_name_stops
         self._lock = threading.Lock()
-        self._messages = _LRU(message_cache_size)
-        self._texts = _LRU(4096)
+        self._messages: _LRU[tuple[Any, ...], tuple[int, int]] = _LRU(message_cache_size)
+        self._texts: _LRU[str, int] = _LRU(4096)
         self._windows: OrderedDict[Hashable, _Window] = OrderedDict()
         self._window_limit = conversation_cache_size
         self._definitions: OrderedDict[str, _Definitions] = OrderedDict()
@@ -234,7 +238,7 @@ class PromptBuilder:
             cached = self._messages.get(key)
             if cached is not None:
                 self._messages.move_to_end(key)
-                return cached  # type: ignore[no-any-return]
+                return cached
         value = (self.counter.count_tokens(first), self.counter.count_tokens(joined))
         with self._lock:
             self._messages.put(key, value)
@@ -377,7 +381,7 @@ class _Context:
         self.b = builder
         self.persona = persona
         self.budget = budget
-        self.reserve = max(4, budget // 50)  # slack for token merges where pieces join
+        self.reserve = max(8, budget // 100)  # slack for token merges where pieces join
         self.char = clean_name(persona.display_name, "Character")
         self.user = clean_name(user_name, "User")
         self.persona_id = persona_id

@@ -80,17 +80,29 @@ class PersonaSpec:
 
 @runtime_checkable
 class HistoryMessage(Protocol):
-    """A stored channel message; :class:`bot.storage.models.StoredMessage` has exactly these attributes."""
+    """A stored channel message; :class:`bot.storage.models.StoredMessage` has exactly these attributes.
 
-    id: int
-    author_id: int
-    author_name: str
-    kind: MessageKind | str
-    persona_id: int | None
-    content: str
-    attachments: Sequence[Mapping[str, Any]]
-    created_at: datetime | None
-    edited_at: datetime | None
+    (Read-only properties here so that rows and dataclasses with narrower types both match.)
+    """
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def author_id(self) -> int: ...
+    @property
+    def author_name(self) -> str: ...
+    @property
+    def kind(self) -> MessageKind | str: ...
+    @property
+    def persona_id(self) -> int | None: ...
+    @property
+    def content(self) -> str: ...
+    @property
+    def attachments(self) -> Sequence[Mapping[str, Any]]: ...
+    @property
+    def created_at(self) -> datetime | None: ...
+    @property
+    def edited_at(self) -> datetime | None: ...
 
 
 @dataclass(slots=True)

@@ -160,7 +160,7 @@ def test_budget_overflow_cuts_a_huge_newest_message() -> None:
     assert prompt.text == (
         SYSTEM_ALICE.replace("Scenario: Alice", "Scenario: Bob")
         + "<|user|>Bob: "
-        + " ".join(["word"] * 39)
+        + " ".join(["word"] * 35)
         + " [… message cut]<|model|>Seraphina:"
     )
     assert prompt.newest_cut and prompt.prompt_tokens <= 120
