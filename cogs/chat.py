@@ -641,7 +641,7 @@ class ChatCog(commands.Cog):
             conversation=channel.id,
             max_new_tokens=max_new,
         )
-        participants = sorted({m.author_name for m in history if m.kind is not MessageKind.PERSONA} | {user_name})
+        participants = list(built.participants) or [user_name]
         request = GenerationRequest(prompt=built.text, params=params, stop=built.stop, max_new_tokens=max_new)
         job = GenerationJob(
             request=request,
