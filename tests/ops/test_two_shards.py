@@ -189,28 +189,41 @@ async def test_two_shard_processes_chat_on_one_database(
         )
     check = Database(db_url)
     try:
-        async with check.session() as session:
-            for g in guilds:
-                stored = {row.id for row in await msg_repo.latest_messages(session, g.channel("roleplay").id)}
-                assert set(sent[g.id]) <= stored, f"messages of {g.name} were lost"
-                gen = await gen_repo.latest_in_channel(session, g.channel("roleplay").id)
-                assert gen is not None and gen.status is GenerationStatus.DONE
+
+        async def recorded() -> bool:
+            # The reply is visible on Discord a moment before its record is written (writes are batched).
+            async with check.session() as session:
+                for g in guilds:
+                    stored = {row.id for row in await msg_repo.latest_messages(session, g.channel("roleplay").id)}
+                    gen = await gen_repo.latest_in_channel(session, g.channel("roleplay").id)
+                    if not set(sent[g.id]) <= stored or gen is None or gen.status is not GenerationStatus.DONE:
+                        return False
+            return True
+
+        await eventually(recorded, "every guild's messages and finished reply in the database")
 
         # Shard 1 is mid-reply when the shard 0 process restarts: its start-up clean-up must leave that reply alone.
         g1 = by_shard[1][0]
         engines[1].pause()
-        await emulator.user_message(g1.channel("roleplay"), alice[g1.id], "Seraphina, one more?")
+        again = await emulator.user_message(g1.channel("roleplay"), alice[g1.id], "Seraphina, one more?")
         await emulator.wait_until(lambda: engines[1].active == 1, "shard 1 to be generating")
+
+        async def its_generation() -> Any:
+            async with check.session() as session:
+                row = await gen_repo.latest_in_channel(session, g1.channel("roleplay").id)
+            return row if row is not None and row.trigger_message_id == again.id else None
+
+        gen_id = (await eventually(its_generation, "shard 1's generation record")).id
         await run_bot.stop(bots[0])
         bots[0] = await start(0)
         async with check.session() as session:
-            running = await gen_repo.latest_in_channel(session, g1.channel("roleplay").id)
+            running = await gen_repo.get_generation(session, gen_id)
         assert running is not None and running.status in (GenerationStatus.QUEUED, GenerationStatus.RUNNING)
         engines[1].resume()
 
         async def finished() -> bool:
             async with check.session() as session:
-                row = await gen_repo.get_generation(session, running.id)
+                row = await gen_repo.get_generation(session, gen_id)
             return row is not None and row.status is GenerationStatus.DONE
 
         await eventually(finished, "shard 1's reply to finish")
