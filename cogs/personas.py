@@ -20,7 +20,7 @@ from bot.storage import moderation as mod_repo
 from bot.storage import personas as persona_repo
 from bot.storage.models import PERSONA_NAME_MAX, Persona
 from cogs._permissions import require_persona_manager
-from cogs.errors import CommandError
+from cogs.errors import CommandError, on_app_command_error
 
 if TYPE_CHECKING:
     from bot.client import RPBot
@@ -41,21 +41,33 @@ def _short(text: str, limit: int = 1000) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class Confirm(discord.ui.View):
-    """Yes/no buttons for the person who ran the command."""
+class _View(discord.ui.View):
+    async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[Any]) -> None:
+        await on_app_command_error(interaction, error)
 
-    def __init__(self, user_id: int, yes_label: str, *, danger: bool = True) -> None:
+
+class Confirm(_View):
+    """Yes/no buttons for the person who ran the command. The question must be the command's original response."""
+
+    def __init__(self, interaction: discord.Interaction, yes_label: str, *, danger: bool = True) -> None:
         super().__init__(timeout=CONFIRM_TIMEOUT)
-        self.user_id = user_id
+        self.asked = interaction
         self.value: bool | None = None
         self.yes.label = yes_label
         self.yes.style = discord.ButtonStyle.danger if danger else discord.ButtonStyle.primary
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id != self.user_id:
+        if interaction.user.id != self.asked.user.id:
             await interaction.response.send_message("This question is for someone else.", ephemeral=True)
             return False
         return True
+
+    async def on_timeout(self) -> None:
+        # Buttons that no longer answer would only confuse: say plainly that nothing happened.
+        try:
+            await self.asked.edit_original_response(content="No answer in time; nothing was changed.", view=None)
+        except discord.HTTPException as exc:
+            log.info("could not close an unanswered question: %s", exc)
 
     @discord.ui.button(label="Yes")
     async def yes(self, interaction: discord.Interaction, _button: discord.ui.Button[Any]) -> None:
@@ -112,20 +124,10 @@ class PersonaEditModal(discord.ui.Modal, title="Edit persona"):
         await interaction.response.send_message(f"Saved **{name}**.", ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        from cogs.errors import on_app_command_error
-
-        wrapped = (
-            error
-            if isinstance(error, app_commands.AppCommandError)
-            else app_commands.CommandInvokeError(
-                interaction.command,
-                error,  # type: ignore[arg-type]
-            )
-        )
-        await on_app_command_error(interaction, wrapped)
+        await on_app_command_error(interaction, error)
 
 
-class ListPages(discord.ui.View):
+class ListPages(_View):
     def __init__(self, cog: PersonaCog, guild_id: int, total: int, user_id: int) -> None:
         super().__init__(timeout=300)
         self.cog, self.guild_id, self.total, self.user_id = cog, guild_id, total, user_id
@@ -269,7 +271,7 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
         async with self.bot.db.session() as session:
             existing = await persona_repo.find_persona(session, interaction.guild_id, name)
         if existing is not None:
-            view = Confirm(interaction.user.id, "Replace it")
+            view = Confirm(interaction, "Replace it")
             await interaction.followup.send(
                 f"A persona named **{discord.utils.escape_markdown(existing.name)}** exists. Replace it with the card?",
                 view=view,
@@ -388,7 +390,7 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
         await require_persona_manager(interaction)
         assert interaction.guild_id is not None
         persona = await self._get(interaction.guild_id, name)
-        view = Confirm(interaction.user.id, "Delete")
+        view = Confirm(interaction, "Delete")
         await interaction.response.send_message(
             f"Delete **{discord.utils.escape_markdown(persona.name)}**? Channels using it go quiet.",
             view=view,
@@ -488,7 +490,7 @@ class PersonaCog(commands.Cog):
             raise CommandError(str(exc)) from None
 
     async def activate(self, interaction: discord.Interaction, persona: Persona) -> str:
-        """Make ``persona`` the channel's persona, backfill recent history, post its greeting. Returns a summary."""
+        """Make ``persona`` the channel's persona and post its greeting, which starts a new scene. Returns a summary."""
         channel = interaction.channel
         if not isinstance(channel, discord.TextChannel | discord.Thread):
             raise CommandError("Personas can speak in text channels and threads only.")
@@ -501,7 +503,11 @@ class PersonaCog(commands.Cog):
                 "Mark this channel age-restricted, or an admin can run `/admin nsfw-only enabled:False`."
             )
         async with self.bot.db.session() as session:
-            await channel_repo.set_active_persona(session, channel.guild.id, channel.id, persona.id)
+            row = await channel_repo.set_active_persona(session, channel.guild.id, channel.id, persona.id)
+            # The greeting begins a new scene, also when this persona was already active: what was said before
+            # (to another persona, or before the persona arrived) stays out of the prompt. The interaction's id
+            # is a snowflake newer than every message before it.
+            channel_repo.start_scene(row, interaction.id)
             await mod_repo.audit(
                 session, channel.guild.id, interaction.user.id, "persona.use", persona.name, channel=channel.id
             )
@@ -509,10 +515,6 @@ class PersonaCog(commands.Cog):
         chat = self.chat
         if chat is None:
             return f"**{persona.name}** is active here, but the chat is not running (check the bot's log)."
-        try:
-            await chat.backfill(channel)
-        except discord.HTTPException as exc:
-            log.warning("backfill of channel %s failed: %s", channel.id, exc)
         async with self.bot.db.session() as session:
             row = await channel_repo.get_channel(session, channel.id)
             index = row.greeting_index if row else 0

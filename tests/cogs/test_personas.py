@@ -1,0 +1,342 @@
+"""/persona through the Discord emulator: the real discord.py client, a real SQLite file, every extension loaded."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+from PIL import Image
+
+from bot.prompt import PersonaSpec
+from bot.storage import personas as persona_repo
+from bot.storage.models import PERSONA_NAME_MAX
+from tests.cogs._persona_fixtures import World, make_world, png_image
+from tests.discord_emulator import DiscordEmulator, Upload
+from tests.discord_emulator.fixtures import BotRunner
+
+
+@pytest.fixture
+async def world(emulator: DiscordEmulator, run_bot: BotRunner) -> World:
+    return await make_world(emulator, run_bot)
+
+
+ARIA = {
+    "name": "Aria",
+    "description": "A travelling bard with a silver lute.",
+    "personality": "cheerful, nosy",
+    "scenario": "A rainy evening at the inn.",
+    "greeting": "*tunes her lute* Evening, {{user}}! I am {{char}}.",
+    "example_dialogue": "<START>\n{{user}}: Play something.\n{{char}}: *strums* Gladly!",
+}
+
+
+# ---- /persona create ----
+
+
+async def test_create_stores_every_field_and_is_audited(world: World) -> None:
+    text = await world.say("persona", "create", {**ARIA, "nsfw": True})
+    assert text == "Created **Aria**. Activate it here with `/persona use`."
+    aria = await world.persona("aria")
+    assert aria is not None and aria.name == "Aria" and aria.nsfw and aria.created_by == world.staff.id
+    assert {k: getattr(aria, k) for k in ARIA} == ARIA
+    assert aria.avatar is None
+    assert "persona.create" in await world.audit_actions()
+
+
+async def test_create_with_an_avatar_keeps_a_small_png(world: World) -> None:
+    big = png_image((10, 200, 10), size=(1024, 768))
+    await world.say("persona", "create", {**ARIA, "avatar": Upload("aria.png", big)})
+    aria = await world.persona("Aria")
+    assert aria is not None and aria.avatar is not None and aria.avatar_mime == "image/png"
+    assert aria.avatar.startswith(b"\x89PNG")
+    with Image.open(io.BytesIO(aria.avatar)) as img:
+        assert max(img.size) == 512
+
+
+async def test_create_refuses_a_duplicate_name_whatever_its_case(world: World) -> None:
+    await world.say("persona", "create", ARIA)
+    text = await world.say("persona", "create", {**ARIA, "name": "ARIA", "description": "Another one"})
+    assert text == "A persona named 'Aria' already exists in this server."
+    aria = await world.persona("aria")
+    assert aria is not None and aria.description == ARIA["description"]
+    assert await world.names() == ["Aria"]
+
+
+async def test_create_refuses_a_bad_avatar_and_a_blank_name(world: World) -> None:
+    text = await world.say("persona", "create", {**ARIA, "avatar": Upload("aria.png", b"this is not an image")})
+    assert text == "The avatar is not an image I can read (use PNG, JPEG, WebP or GIF)."
+    text = await world.say("persona", "create", {**ARIA, "name": "   "})
+    assert text == "A persona needs a name."
+    assert await world.names() == []
+
+
+async def test_create_refuses_a_persona_too_large_for_the_context(world: World) -> None:
+    # 6000 characters (Discord's longest option) of one-character tokens: far more than 4096 - 300 - room to talk.
+    huge = "a." * 3000
+    text = await world.say("persona", "create", {"name": "Wordy", "description": huge})
+    assert text.startswith("Persona 'Wordy' is too large for this model") and "Shorten the description" in text
+    assert await world.names() == []
+
+
+async def test_options_longer_than_discord_allows_are_refused_by_the_client(world: World) -> None:
+    with pytest.raises(ValueError, match="characters long"):
+        await world.run("persona", "create", {"name": "x" * (PERSONA_NAME_MAX + 1), "description": "d"})
+    with pytest.raises(ValueError, match="characters long"):
+        await world.run("persona", "create", {"name": "Long", "description": "d" * 6001})
+
+
+# ---- /persona use and off ----
+
+
+async def test_use_posts_the_greeting_as_the_persona_through_a_webhook(world: World) -> None:
+    avatar = png_image((0, 0, 255))
+    await world.say("persona", "create", {**ARIA, "avatar": Upload("aria.png", avatar)})
+    text = await world.say("persona", "use", {"name": "aria"})
+    assert text == f"**Aria** is now active in <#{world.lounge.id}>."
+    greeting = await world.emu.wait_for_webhook_message(world.lounge)
+    assert greeting.username == "Aria" and greeting.content == "*tunes her lute* Evening, Staff! I am Aria."
+    assert greeting.allowed_mentions == {"parse": []}
+    hook = world.emu.webhooks_in(world.lounge)[0]
+    assert (
+        greeting.webhook_id == hook.id
+        and hook.avatar_data is not None
+        and hook.avatar_data.startswith("data:image/png;base64,")
+    )
+    row = await world.channel_row(world.lounge)
+    aria = await world.persona("Aria")
+    assert row is not None and aria is not None and row.persona_id == aria.id
+
+    # The persona now answers in the channel.
+    await world.emu.user_message(world.lounge, world.alice, "Aria, play us a song!")
+    reply = await world.emu.wait_for_webhook_message(world.lounge)
+    await world.emu.wait_until(lambda: reply.content == "The lantern flickers.", "the streamed reply")
+    assert "Evening, Staff! I am Aria." in world.engine.prompts[-1]
+
+
+async def test_use_refuses_a_channel_that_is_not_age_restricted_while_nsfw_only_is_on(world: World) -> None:
+    await world.say("persona", "create", ARIA)
+    text = await world.say("persona", "use", {"name": "Aria"}, channel=world.general)
+    assert text.startswith("This server only allows personas in age-restricted channels")
+    assert "/admin nsfw-only enabled:False" in text
+    assert await world.channel_row(world.general) is None or (await world.channel_row(world.general)).persona_id is None
+    assert world.emu.messages_in(world.general) == []
+
+    await world.emu.set_nsfw(world.general, True)
+    await world.emu.wait_until(lambda: world.bot.get_channel(world.general.id).is_nsfw(), "the channel update")
+    text = await world.say("persona", "use", {"name": "Aria"}, channel=world.general)
+    assert text.startswith("**Aria** is now active")
+
+
+async def test_use_of_an_unknown_persona_names_the_problem(world: World) -> None:
+    text = await world.say("persona", "use", {"name": "Nobody"})
+    assert text == "There is no persona named 'Nobody' here. See /persona list."
+    assert world.emu.messages_in(world.lounge) == []
+
+
+async def test_use_switches_personas_and_starts_a_new_scene(world: World) -> None:
+    await world.say("persona", "create", ARIA)
+    await world.say("persona", "create", {"name": "Bram", "description": "A grumpy smith.", "greeting": "Hm."})
+    await world.say("persona", "use", {"name": "Aria"})
+    await world.emu.wait_for_webhook_message(world.lounge)
+    await world.emu.user_message(world.lounge, world.alice, "a secret word: pumpernickel")
+    await world.say("persona", "use", {"name": "Bram"})
+    hm = await world.emu.wait_for_webhook_message(world.lounge)
+    assert hm.username == "Bram" and hm.content == "Hm."
+    await world.emu.user_message(world.lounge, world.alice, "Bram, hello")
+    await world.emu.wait_for_webhook_message(world.lounge)
+    prompt = world.engine.prompts[-1]
+    assert "Bram" in prompt and "Hm." in prompt and "pumpernickel" not in prompt and "Aria" not in prompt
+
+
+async def test_autocomplete_offers_this_guilds_personas_by_prefix(world: World) -> None:
+    await world.add_personas(30, prefix="Ari")
+    await world.say("persona", "create", {"name": "Bram", "description": "A smith."})
+    other = await world.emu.create_guild("Elsewhere", channels=("x",))
+    async with world.bot.db.session() as session:
+        await persona_repo.create_persona(session, other.id, "Arianne", description="elsewhere")
+    typing = await world.emu.autocomplete(
+        world.lounge, world.alice, "persona", {"name": "ari"}, "name", subcommand="use"
+    )
+    await typing.wait_response()
+    assert typing.choices is not None and len(typing.choices) == 25
+    assert all(c["name"].startswith("Ari ") for c in typing.choices) and typing.choices[0]["name"] == "Ari 00"
+    typing = await world.emu.autocomplete(
+        world.lounge, world.alice, "persona", {"name": "b"}, "name", subcommand="show"
+    )
+    await typing.wait_response()
+    assert typing.choices == [{"name": "Bram", "value": "Bram"}]
+
+
+async def test_off_deactivates_and_the_persona_stops_answering(world: World) -> None:
+    text = await world.say("persona", "off")
+    assert text == "No persona is active in this channel."
+    await world.say("persona", "create", ARIA)
+    await world.say("persona", "use", {"name": "Aria"})
+    await world.emu.wait_for_webhook_message(world.lounge)
+    text = await world.say("persona", "off")
+    assert text == "The persona is no longer active in this channel."
+    row = await world.channel_row(world.lounge)
+    assert row is not None and row.persona_id is None
+    await world.emu.user_message(world.lounge, world.alice, "Aria? Are you there?")
+    show = await world.run("persona", "show", member=world.alice)
+    assert show.content == "No persona is active here; name one: /persona show name:…"
+    assert world.engine.requests == []
+    assert "persona.off" in await world.audit_actions()
+
+
+# ---- /persona show and list ----
+
+
+async def test_show_gives_an_embed_with_avatar_fields_and_token_size(world: World) -> None:
+    await world.say("persona", "create", {**ARIA, "avatar": Upload("aria.png", png_image())})
+    show = await world.run("persona", "show", {"name": "aria"}, member=world.alice)
+    assert show.ephemeral and len(show.embeds) == 1
+    embed = show.embeds[0]
+    assert embed["title"] == "Aria" and embed["description"] == ARIA["description"]
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert fields["Personality"] == ARIA["personality"] and fields["Scenario"] == ARIA["scenario"]
+    assert fields["Greeting"] == ARIA["greeting"]
+    chat = world.bot.get_cog("ChatCog")
+    aria = await world.persona("Aria")
+    tokens = chat.builder.check_persona(PersonaSpec.from_row(aria))
+    assert fields["Persona block"] == f"{tokens} tokens" and tokens > 20
+    assert embed["thumbnail"]["url"] == "attachment://avatar.png"
+    assert [a.filename for a in show.attachments] == ["avatar.png"] and show.attachments[0].data == aria.avatar
+    assert embed["footer"]["text"] == "SFW"
+
+    # Without a name: the persona active in this channel.
+    await world.say("persona", "use", {"name": "Aria"})
+    show = await world.run("persona", "show", member=world.alice)
+    assert show.embeds[0]["title"] == "Aria"
+    unknown = await world.run("persona", "show", {"name": "Zed"}, member=world.alice)
+    assert unknown.content == "There is no persona named 'Zed' here. See /persona list."
+
+
+async def test_list_pages_through_a_large_library(world: World) -> None:
+    empty = await world.run("persona", "list", member=world.alice)
+    assert empty.embeds[0]["description"] == "None yet." and empty.components == []
+    await world.add_personas(23)
+    listing = await world.run("persona", "list", member=world.alice)
+    assert listing.ephemeral
+    embed = listing.embeds[0]
+    assert embed["footer"]["text"] == "Page 1/3 · 23 personas"
+    assert embed["description"].splitlines()[0] == "**Persona 00** — No. 0"
+    assert len(embed["description"].splitlines()) == 10
+    message = listing.original
+    prev_id, next_id = message.custom_ids()
+    buttons = {c["custom_id"]: c for row in message.components for c in row["components"]}
+    assert buttons[prev_id]["disabled"] is True and not buttons[next_id].get("disabled")
+
+    for page in (2, 3):
+        click = await world.emu.click_button(message, next_id, world.alice)
+        await click.wait_response()
+        assert click.response_type == 7
+        await world.emu.wait_until(lambda p=page: f"Page {p}/3" in message.embeds[0]["footer"]["text"], "a new page")
+    assert message.embeds[0]["description"].splitlines() == [f"**Persona {i}** — No. {i}" for i in (20, 21, 22)]
+    buttons = {c["custom_id"]: c for row in message.components for c in row["components"]}
+    assert buttons[next_id]["disabled"] is True
+    click = await world.emu.click_button(message, prev_id, world.alice)
+    await click.wait_response()
+    await world.emu.wait_until(lambda: "Page 2/3" in message.embeds[0]["footer"]["text"], "page 2 again")
+
+
+# ---- /persona delete ----
+
+
+async def test_delete_asks_first_and_only_deletes_on_yes(world: World) -> None:
+    await world.say("persona", "create", ARIA)
+    await world.say("persona", "use", {"name": "Aria"})
+    ask = await world.run("persona", "delete", {"name": "aria"})
+    assert ask.ephemeral and ask.content == "Delete **Aria**? Channels using it go quiet."
+    yes_id, no_id = ask.original.custom_ids()
+    # Someone else cannot answer for the person who asked.
+    other = await world.emu.click_button(ask.original, yes_id, world.bob)
+    await other.wait_response()
+    assert other.content == "This question is for someone else." and other.ephemeral
+    cancel = await world.emu.click_button(ask.original, no_id, world.staff)
+    await cancel.wait_response()
+    await world.emu.wait_until(lambda: ask.original.content == "Cancelled.", "the cancelled question")
+    assert ask.original.components == []
+    assert await world.names() == ["Aria"]
+
+    ask = await world.run("persona", "delete", {"name": "Aria"})
+    yes_id, _no = ask.original.custom_ids()
+    yes = await world.emu.click_button(ask.original, yes_id, world.staff)
+    await yes.wait_response()
+    done = await ask.wait_followup()
+    assert done.content == "Deleted **Aria**." and done.ephemeral
+    assert await world.names() == []
+    row = await world.channel_row(world.lounge)
+    assert row is not None and row.persona_id is None
+    await world.emu.user_message(world.lounge, world.alice, "Aria?")
+    assert (await world.run("persona", "show", member=world.alice)).content.startswith("No persona is active")
+    assert world.engine.requests == []
+    assert "persona.delete" in await world.audit_actions()
+
+
+async def test_delete_of_an_unknown_persona(world: World) -> None:
+    assert await world.say("persona", "delete", {"name": "Ghost"}) == (
+        "There is no persona named 'Ghost' here. See /persona list."
+    )
+
+
+# ---- /persona edit ----
+
+
+async def test_edit_opens_a_prefilled_modal_and_saves_it(world: World) -> None:
+    await world.say("persona", "create", ARIA)
+    await world.say("persona", "use", {"name": "Aria"})
+    await world.emu.wait_for_webhook_message(world.lounge)
+    opened = await world.run("persona", "edit", {"name": "aria"})
+    assert opened.response_type == 9 and opened.modal is not None
+    assert opened.modal["title"] == "Edit Aria"
+    inputs = {c["label"]: c for row in opened.modal["components"] for c in row["components"]}
+    assert {label: c.get("value") for label, c in inputs.items()} == {
+        "Description": ARIA["description"],
+        "Personality": ARIA["personality"],
+        "Scenario": ARIA["scenario"],
+        "Greeting": ARIA["greeting"],
+        "Example dialogue": ARIA["example_dialogue"],
+    }
+    ids = {label: c["custom_id"] for label, c in inputs.items()}
+    saved = await world.emu.submit_modal(
+        opened, {ids["Description"]: "A retired bard who now keeps bees.", ids["Personality"]: ""}
+    )
+    await saved.wait_response()
+    assert saved.ephemeral and saved.content == "Saved **Aria**."
+    aria = await world.persona("Aria")
+    assert aria is not None and aria.description == "A retired bard who now keeps bees." and aria.personality == ""
+    assert aria.scenario == ARIA["scenario"]
+    # The next reply is built from the edited persona.
+    await world.emu.user_message(world.lounge, world.alice, "Aria, how are the bees?")
+    await world.emu.wait_for_webhook_message(world.lounge)
+    assert "keeps bees" in world.engine.prompts[-1] and "silver lute" not in world.engine.prompts[-1]
+    assert "persona.edit" in await world.audit_actions()
+
+
+async def test_edit_refuses_an_edit_that_makes_the_persona_too_large(world: World) -> None:
+    await world.say("persona", "create", ARIA)
+    opened = await world.run("persona", "edit", {"name": "Aria"})
+    ids = {c["label"]: c["custom_id"] for row in opened.modal["components"] for c in row["components"]}
+    saved = await world.emu.submit_modal(opened, {ids["Description"]: "a." * 2000, ids["Scenario"]: "b." * 2000})
+    await saved.wait_response()
+    assert saved.ephemeral and "is too large for this model" in saved.content
+    aria = await world.persona("Aria")
+    assert aria is not None and aria.description == ARIA["description"]
+
+
+async def test_edit_of_an_unknown_persona(world: World) -> None:
+    handle = await world.run("persona", "edit", {"name": "Ghost"})
+    assert handle.response_type == 4 and handle.content.startswith("There is no persona named 'Ghost'")
+
+
+async def test_an_unanswered_question_says_nothing_changed(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cog module as the bot loaded it (discord.py does not set it as an attribute of the cogs package).
+    monkeypatch.setattr(sys.modules["cogs.personas"], "CONFIRM_TIMEOUT", 0.1)
+    await world.say("persona", "create", ARIA)
+    ask = await world.run("persona", "delete", {"name": "Aria"})
+    await world.emu.wait_until(
+        lambda: ask.original.content == "No answer in time; nothing was changed.", "the question to close"
+    )
+    assert ask.original.components == [] and await world.names() == ["Aria"]
