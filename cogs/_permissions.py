@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.storage import guilds as guild_repo
-from cogs.errors import NotPermitted
+from cogs._command_errors import NotPermitted
 
 if TYPE_CHECKING:
     from bot.client import RPBot

@@ -15,26 +15,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs._command_errors import CommandError, NotPermitted
+
 if TYPE_CHECKING:
     from bot.client import RPBot
 
 log = logging.getLogger(__name__)
 
-
-class CommandError(app_commands.AppCommandError):
-    """Raise from a command to show ``message`` to the user (ephemeral), with nothing logged as an error."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
-
-
-class NotPermitted(app_commands.CheckFailure):
-    """The member lacks what the command needs; the message says what that is."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
+__all__ = ["CommandError", "NotPermitted", "describe", "on_app_command_error", "respond"]
 
 
 def describe(error: BaseException) -> tuple[str, bool]:
