@@ -128,6 +128,9 @@ class RPBot(commands.AutoShardedBot):
         await self.queue.start()
         self.metrics.attach_queue(self.queue)
 
+    async def on_message(self, message: discord.Message, /) -> None:
+        """rpbot has no prefix commands: the chat cog handles messages (this stops "@bot ..." being parsed)."""
+
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         # Discord allows one IDENTIFY per 5 s per bucket; tests and single-shard installs need no wait.
         if not initial and self.identify_delay > 0:

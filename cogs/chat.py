@@ -6,12 +6,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import discord
+from discord.ext import commands
+
+from bot.chat.names import mentions_name
+from bot.chat.ratelimit import SlidingWindowLimiter
+from bot.generation.base import EngineError, GenerationRequest, PromptTooLong, SamplerError, SamplerParams
 from bot.generation.queue import (
     GenerationJob,
     QueueFull,
@@ -19,14 +24,9 @@ from bot.generation.queue import (
     RequestReplaced,
     RequestTimedOut,
 )
-from bot.prompt.normalize import is_out_of_character
-from discord.ext import commands
-
-from bot.chat.names import mentions_name
-from bot.chat.ratelimit import SlidingWindowLimiter
-from bot.generation.base import EngineError, GenerationRequest, PromptTooLong, SamplerError, SamplerParams
 from bot.moderation.filters import OutputFilterSet
 from bot.prompt import EmptyReply, PersonaSpec, PromptBuilder, PromptError, clean_reply
+from bot.prompt.normalize import is_out_of_character
 from bot.storage import channels as channel_repo
 from bot.storage import generations as gen_repo
 from bot.storage import guilds as guild_repo
@@ -91,7 +91,10 @@ class ChatCog(commands.Cog):
         self._policies: dict[int, GuildPolicy] = {}
         self._names: OrderedDict[int, str] = OrderedDict()
         self._debounce: dict[int, asyncio.Task[None]] = {}
-        self._running: dict[int, asyncio.Task[None]] = {}  # channel id -> reply task
+        self._busy: set[int] = set()  # channels where a button's regenerate/continue is being written
+        # Discord events are handled in concurrent tasks; a per-channel lock taken before the first await keeps
+        # a message's store, edit and delete in arrival order (a delete never overtakes its own message).
+        self._store_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
         self._backfilled = False
@@ -283,15 +286,16 @@ class ChatCog(commands.Cog):
         channel = message.channel
         if not isinstance(channel, discord.TextChannel | discord.Thread):
             return
-        active = await self.active_channel(channel)
-        if active is None:
-            return
-        kind = self._kind_of(message)
-        self._remember_name(message.author.id, message.author.display_name)
-        for user in message.mentions:
-            self._remember_name(user.id, user.display_name)
-        async with self.bot.db.session() as session:
-            await msg_repo.save_message(session, self._record(message, kind))
+        async with self._store_locks[channel.id]:
+            active = await self.active_channel(channel)
+            if active is None:
+                return
+            kind = self._kind_of(message)
+            self._remember_name(message.author.id, message.author.display_name)
+            for user in message.mentions:
+                self._remember_name(user.id, user.display_name)
+            async with self.bot.db.session() as session:
+                await msg_repo.save_message(session, self._record(message, kind))
         if kind is MessageKind.HUMAN:
             await self._maybe_reply(message, channel, active)
 
@@ -347,7 +351,7 @@ class ChatCog(commands.Cog):
             return
         edited = payload.data.get("edited_timestamp")
         when = datetime.fromisoformat(edited) if edited else utcnow()
-        async with self.bot.db.session() as session:
+        async with self._store_locks[payload.channel_id], self.bot.db.session() as session:
             stored = await msg_repo.get_message(session, payload.message_id)
             if stored is None or stored.kind is MessageKind.PERSONA:
                 return  # our own replies are stored by us, with clean text
@@ -355,18 +359,18 @@ class ChatCog(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        await self._deleted([payload.message_id])
+        await self._deleted(payload.channel_id, [payload.message_id])
 
     @commands.Cog.listener()
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
-        await self._deleted(list(payload.message_ids))
+        await self._deleted(payload.channel_id, list(payload.message_ids))
 
-    async def _deleted(self, ids: list[int]) -> None:
+    async def _deleted(self, channel_id: int, ids: list[int]) -> None:
         queue = self.bot.queue
         if queue is not None:
             for mid in ids:
                 queue.cancel_trigger(mid)
-        async with self.bot.db.session() as session:
+        async with self._store_locks[channel_id], self.bot.db.session() as session:
             await msg_repo.delete_messages(session, ids)
 
     # ---- replying ------------------------------------------------------------------------------------------------
@@ -410,7 +414,6 @@ class ChatCog(commands.Cog):
         if active is None or not self._accepting:
             return
         async with self.bot.db.session() as session:
-            previous = await gen_repo.latest_in_channel(session, channel.id)
             gen = await gen_repo.create_generation(
                 session,
                 guild_id=active.guild_id,
@@ -440,7 +443,9 @@ class ChatCog(commands.Cog):
                 row.selected_index = 0
         posted = await writer.finish(text, reply_view(gen.id, 0, 1))
         await self._store_reply(gen.id, active, channel, posted, writer, text)
-        if previous is not None and previous.reply_message_ids:
+        async with self.bot.db.session() as session:
+            previous = await gen_repo.previous_reply(session, channel.id, gen.id)
+        if previous is not None:
             await self._strip_buttons(channel, previous.id)
 
     async def _produce(
@@ -698,9 +703,8 @@ class ChatCog(commands.Cog):
         self, channel: discord.TextChannel | discord.Thread, persona: Persona, index: int, user_name: str
     ) -> list[Posted]:
         """Post the persona's greeting (``index`` 0 = the main one) and store it as the scene's first message."""
-        from bot.prompt.macros import expand_macros
-
         from bot.chat.splitting import split_message
+        from bot.prompt.macros import expand_macros
 
         greetings = [g for g in (persona.greeting, *(persona.alternate_greetings or [])) if g.strip()]
         if not greetings:
@@ -758,13 +762,27 @@ class ChatCog(commands.Cog):
         active = await self.active_channel(channel)
         if active is None or active.persona.id != gen.persona_id:
             raise UserFacingError("The persona that wrote this reply is no longer active here.")
-        if channel.id in self._running and not self._running[channel.id].done():
+        if channel.id in self._busy:
             raise UserFacingError("A reply is already being written here; wait for it to finish.")
         await interaction.response.defer()
-        task = self._spawn(self._change_reply(channel, active, gen.id, action, interaction.user))
-        self._running[channel.id] = task
+        if action in ("regen", "cont"):
+            self._busy.add(channel.id)
+        self._spawn(self._change_reply(channel, active, gen.id, action, interaction.user))
 
     async def _change_reply(
+        self,
+        channel: discord.TextChannel | discord.Thread,
+        active: ActiveChannel,
+        gen_id: int,
+        action: str,
+        user: discord.abc.User,
+    ) -> None:
+        try:
+            await self._change_reply_locked(channel, active, gen_id, action, user)
+        finally:
+            self._busy.discard(channel.id)
+
+    async def _change_reply_locked(
         self,
         channel: discord.TextChannel | discord.Thread,
         active: ActiveChannel,
@@ -848,6 +866,7 @@ class ChatCog(commands.Cog):
                 if action in ("prev", "next"):
                     row.status = GenerationStatus.DONE
         posted = await writer.finish(text, reply_view(gen_id, index, len(alternatives)))
+        self._busy.discard(channel.id)  # the buttons are usable again as soon as they are shown
         await self._store_reply(gen_id, active, channel, posted, writer, text)
 
     async def _delete_reply(

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.storage.models import ChannelSettings, Persona, utcnow
+from bot.storage.models import ChannelSettings, Persona, ReplyMode, utcnow
+from bot.storage.upsert import insert_ignoring_conflicts
 
 
 async def get_channel(session: AsyncSession, channel_id: int) -> ChannelSettings | None:
@@ -19,9 +20,10 @@ async def get_channel(session: AsyncSession, channel_id: int) -> ChannelSettings
 async def ensure_channel(session: AsyncSession, guild_id: int, channel_id: int) -> ChannelSettings:
     row = await session.get(ChannelSettings, channel_id)
     if row is None:
-        row = ChannelSettings(channel_id=channel_id, guild_id=guild_id)
-        session.add(row)
-        await session.flush()
+        values = {"channel_id": channel_id, "guild_id": guild_id, "reply_mode": ReplyMode.MENTION}
+        await session.execute(insert_ignoring_conflicts(session, ChannelSettings, values))
+        row = await session.get(ChannelSettings, channel_id, populate_existing=True)
+        assert row is not None
     return row
 
 

@@ -39,6 +39,17 @@ async def latest_in_channel(session: AsyncSession, channel_id: int) -> Generatio
     return (await session.scalars(stmt)).first()
 
 
+async def previous_reply(session: AsyncSession, channel_id: int, before_id: int) -> Generation | None:
+    """The newest generation before ``before_id`` in the channel that still has messages posted."""
+    stmt = (
+        select(Generation)
+        .where(Generation.channel_id == channel_id, Generation.id < before_id, Generation.reply_message_id.is_not(None))
+        .order_by(Generation.id.desc())
+        .limit(1)
+    )
+    return (await session.scalars(stmt)).first()
+
+
 async def unfinished(session: AsyncSession) -> Sequence[Generation]:
     stmt = select(Generation).where(Generation.status.in_([GenerationStatus.QUEUED, GenerationStatus.RUNNING]))
     return (await session.scalars(stmt)).all()

@@ -7,15 +7,16 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import GuildSettings
+from bot.storage.upsert import insert_ignoring_conflicts
 
 
 async def get_guild(session: AsyncSession, guild_id: int) -> GuildSettings:
-    """The guild's settings, created with defaults on first use."""
+    """The guild's settings, created with defaults on first use (safe when two tasks ask at once)."""
     row = await session.get(GuildSettings, guild_id)
     if row is None:
-        row = GuildSettings(guild_id=guild_id)
-        session.add(row)
-        await session.flush()
+        await session.execute(insert_ignoring_conflicts(session, GuildSettings, {"guild_id": guild_id}))
+        row = await session.get(GuildSettings, guild_id, populate_existing=True)
+        assert row is not None
     return row
 
 

@@ -8,11 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import MessageKind, StoredMessage, utcnow
+from bot.storage.upsert import dialect_insert
 
 
 @dataclass(slots=True)
@@ -34,16 +33,10 @@ class MessageRecord:
     edited_at: datetime | None = None
 
 
-def _insert_for(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    return pg_insert if dialect == "postgresql" else sqlite_insert
-
-
 async def save_messages(session: AsyncSession, records: Sequence[MessageRecord]) -> None:
     """Insert or update messages by id (idempotent: a backfill may see messages already stored)."""
     if not records:
         return
-    insert = _insert_for(session)
     rows = [
         {
             "id": r.id,
@@ -62,7 +55,7 @@ async def save_messages(session: AsyncSession, records: Sequence[MessageRecord])
         }
         for r in records
     ]
-    stmt = insert(StoredMessage).values(rows)
+    stmt = dialect_insert(session, StoredMessage).values(rows)
     stmt = stmt.on_conflict_do_update(
         index_elements=[StoredMessage.id],
         set_={
