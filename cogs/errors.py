@@ -35,7 +35,6 @@ def describe(error: BaseException) -> tuple[str, bool]:
         error = original
     if not isinstance(error, app_commands.AppCommandError):
         from bot.cards import CardError
-
         from bot.generation.base import SamplerError
         from bot.moderation.filters import FilterError
         from bot.prompt import PromptError

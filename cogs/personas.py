@@ -8,11 +8,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import discord
-from bot.cards import card_to_persona_fields, export_json, export_png, parse_card, persona_to_card
 from discord import app_commands
 from discord.ext import commands
 
 from bot.avatars import AvatarError, normalize_avatar
+from bot.cards import card_to_persona_fields, export_json, export_png, parse_card, persona_to_card
 from bot.prompt import PersonaSpec, PromptError
 from bot.storage import channels as channel_repo
 from bot.storage import guilds as guild_repo

@@ -114,11 +114,13 @@ async def test_import_a_name_clash_asks_before_replacing(world: World) -> None:
 @pytest.mark.parametrize(
     ("filename", "data", "problem"),
     [
-        ("broken.png", card_png(v2_card("X"))[:200], "damaged"),
-        ("plain.png", png_image(), "no character card"),
-        ("bad64.png", card_png(None, raw_text="%%% not base64 %%%"), "base64"),
-        ("list.json", b"[1, 2, 3]", "object"),
-        ("garbage.json", b"\x00\x01 not json at all", "JSON"),
+        ("broken.png", card_png(v2_card("X"))[:200], "broken.png: The PNG is truncated"),
+        ("plain.png", png_image(), "plain.png: The PNG has no character card in it"),
+        ("bad64.png", card_png(None, raw_text="%%% not base64 %%%"), "'chara' chunk is not valid base64"),
+        ("list.json", b"[1, 2, 3]", "The card JSON is a list, not an object"),
+        ("garbage.json", b"\x00\x01 not json at all", "garbage.json: The file is not valid JSON"),
+        ("notes.txt", b"hello there", "notes.txt: This is not a PNG, JSON or CHARX file"),
+        ("nameless.json", json.dumps({"spec": "chara_card_v2", "data": {}}).encode(), "The card has no name"),
     ],
 )
 async def test_import_refuses_bad_cards_with_a_specific_message(
