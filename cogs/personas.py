@@ -88,17 +88,23 @@ class PersonaEditModal(discord.ui.Modal, title="Edit persona"):
         self.cog = cog
         self.persona_id = persona.id
         self.fields: dict[str, discord.ui.TextInput[Any]] = {}
-        for key, label, style in (
-            ("description", "Description", discord.TextStyle.paragraph),
-            ("personality", "Personality", discord.TextStyle.paragraph),
-            ("scenario", "Scenario", discord.TextStyle.paragraph),
-            ("greeting", "Greeting", discord.TextStyle.paragraph),
-            ("example_dialogue", "Example dialogue", discord.TextStyle.paragraph),
+        # Imported cards may carry fields longer than a text input holds: the input shows their start, and an
+        # unchanged start keeps the whole field (saving the cut text would silently lose the rest).
+        self.long_fields: dict[str, str] = {}
+        for key, label in (
+            ("description", "Description"),
+            ("personality", "Personality"),
+            ("scenario", "Scenario"),
+            ("greeting", "Greeting"),
+            ("example_dialogue", "Example dialogue"),
         ):
             current = getattr(persona, key) or ""
+            if len(current) > MODAL_FIELD_MAX:
+                self.long_fields[key] = current
+                label = f"{label} (first {MODAL_FIELD_MAX} of {len(current)} chars)"  # 45 at most
             field = discord.ui.TextInput(
-                label=label,
-                style=style,
+                label=label[:45],
+                style=discord.TextStyle.paragraph,
                 default=current[:MODAL_FIELD_MAX] or None,
                 required=key == "description",
                 max_length=MODAL_FIELD_MAX,
@@ -109,6 +115,9 @@ class PersonaEditModal(discord.ui.Modal, title="Edit persona"):
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await require_persona_manager(interaction)
         values = {key: field.value for key, field in self.fields.items()}
+        for key, full in self.long_fields.items():
+            if values[key] == full[:MODAL_FIELD_MAX]:
+                values[key] = full
         async with self.cog.bot.db.session() as session:
             persona = await persona_repo.get_persona(session, self.persona_id)
             if persona is None or persona.guild_id != interaction.guild_id:
@@ -120,7 +129,7 @@ class PersonaEditModal(discord.ui.Modal, title="Edit persona"):
                 session, interaction.guild_id, interaction.user.id, "persona.edit", persona.name, fields=list(values)
             )
             name = persona.name
-        self.cog.changed(self.persona_id)
+        await self.cog.changed(self.persona_id)
         await interaction.response.send_message(f"Saved **{name}**.", ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
@@ -292,7 +301,7 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
                 file=card.filename[:100],
                 replaced=replace,
             )
-        self.cog.changed(persona.id)
+        await self.cog.changed(persona.id, avatar=replace)
         lore = len((persona.lorebook or {}).get("entries", []) or [])
         summary = (
             f"Imported **{discord.utils.escape_markdown(persona.name)}**"
@@ -355,15 +364,22 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
         if name:
             persona = await self._get(interaction.guild_id, name)
         else:
+            channel = interaction.channel
+            candidates = [interaction.channel_id or 0]
+            if isinstance(channel, discord.Thread) and channel.parent_id:
+                candidates.append(channel.parent_id)  # threads use their channel's persona
+            active = None
             async with self.bot.db.session() as session:
-                active = await channel_repo.active_persona(session, interaction.channel_id or 0)
+                for channel_id in candidates:
+                    active = active or await channel_repo.active_persona(session, channel_id)
             if active is None:
                 raise CommandError("No persona is active here; name one: /persona show name:…")
             persona = active[1]
-        embed = discord.Embed(title=persona.name, description=_short(persona.description, 3000) or "—")
+        # Discord refuses embeds over 6000 characters in all: the long fields share about 4500 of them.
+        embed = discord.Embed(title=persona.name, description=_short(persona.description, 2000) or "—")
         for label, key in (("Personality", "personality"), ("Scenario", "scenario"), ("Greeting", "greeting")):
             if getattr(persona, key):
-                embed.add_field(name=label, value=_short(getattr(persona, key)), inline=False)
+                embed.add_field(name=label, value=_short(getattr(persona, key), 800), inline=False)
         if persona.alternate_greetings:
             embed.add_field(name="Alternate greetings", value=str(len(persona.alternate_greetings)))
         lore = len((persona.lorebook or {}).get("entries", []) or [])
@@ -404,7 +420,7 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
             if row is not None:
                 await persona_repo.delete_persona(session, row)
             await mod_repo.audit(session, interaction.guild_id, interaction.user.id, "persona.delete", persona.name)
-        self.cog.changed(persona.id)
+        await self.cog.changed(persona.id, avatar=True)
         await interaction.followup.send(f"Deleted **{discord.utils.escape_markdown(persona.name)}**.", ephemeral=True)
 
     @app_commands.command(name="export", description="Export a persona as a character card")
@@ -462,9 +478,12 @@ class PersonaCog(commands.Cog):
     def chat(self) -> ChatCog | None:
         return self.bot.get_cog("ChatCog")  # type: ignore[return-value]
 
-    def changed(self, persona_id: int) -> None:
+    async def changed(self, persona_id: int, *, avatar: bool = False) -> None:
+        """Tell the chat a persona changed; ``avatar``: its picture changed, or it is gone (ids can be reused)."""
         if self.chat is not None:
             self.chat.invalidate_persona(persona_id)
+            if avatar:
+                await self.chat.poster.forget_persona(persona_id)
 
     def channel_changed(self, channel_id: int) -> None:
         if self.chat is not None:
@@ -494,6 +513,11 @@ class PersonaCog(commands.Cog):
         channel = interaction.channel
         if not isinstance(channel, discord.TextChannel | discord.Thread):
             raise CommandError("Personas can speak in text channels and threads only.")
+        if persona.nsfw and not channel.is_nsfw():
+            raise CommandError(
+                f"{persona.name} is marked NSFW, so it can only be used in age-restricted channels. "
+                "Mark this channel age-restricted, or pick another persona."
+            )
         async with self.bot.db.session() as session:
             guild = await guild_repo.get_guild(session, channel.guild.id)
             nsfw_only = guild.nsfw_only

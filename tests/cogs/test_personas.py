@@ -11,7 +11,7 @@ from PIL import Image
 from bot.prompt import PersonaSpec
 from bot.storage import personas as persona_repo
 from bot.storage.models import PERSONA_NAME_MAX
-from tests.cogs._persona_fixtures import World, make_world, png_image
+from tests.cogs._persona_fixtures import World, card_png, make_world, png_image, v2_card
 from tests.discord_emulator import DiscordEmulator, Upload
 from tests.discord_emulator.fixtures import BotRunner
 
@@ -340,3 +340,99 @@ async def test_an_unanswered_question_says_nothing_changed(world: World, monkeyp
         lambda: ask.original.content == "No answer in time; nothing was changed.", "the question to close"
     )
     assert ask.original.components == [] and await world.names() == ["Aria"]
+
+
+# ---- edges: adult personas, threads, long fields, changed avatars ----
+
+
+async def test_an_nsfw_persona_stays_out_of_channels_that_are_not_age_restricted(world: World) -> None:
+    owner = await world.emu.add_member(world.guild, "owner", permissions=0x20)  # Manage Server
+    await world.say("admin", "nsfw-only", {"enabled": False}, member=owner)
+    await world.say("persona", "create", ARIA)
+    await world.say("persona", "create", {"name": "Vex", "description": "A succubus.", "nsfw": True})
+    assert (await world.say("persona", "use", {"name": "Aria"}, channel=world.general)).startswith("**Aria** is now")
+    text = await world.say("persona", "use", {"name": "Vex"}, channel=world.general)
+    assert text == (
+        "Vex is marked NSFW, so it can only be used in age-restricted channels. "
+        "Mark this channel age-restricted, or pick another persona."
+    )
+    row = await world.channel_row(world.general)
+    aria = await world.persona("Aria")
+    assert row is not None and aria is not None and row.persona_id == aria.id
+    assert (await world.say("persona", "use", {"name": "Vex"})).startswith("**Vex** is now active")
+
+
+async def test_show_in_a_thread_shows_the_persona_of_its_channel(world: World) -> None:
+    await world.say("persona", "create", ARIA)
+    await world.say("persona", "use", {"name": "Aria"})
+    thread = await world.emu.create_thread(world.lounge, "side room")
+    show = await world.run("persona", "show", member=world.alice, channel=thread)
+    assert show.embeds and show.embeds[0]["title"] == "Aria"
+
+
+async def test_show_fits_discords_embed_limits_with_the_longest_fields(world: World) -> None:
+    long = {key: (key[0] + " ") * 3000 for key in ("description", "personality", "scenario", "greeting")}
+    async with world.bot.db.session() as session:
+        await persona_repo.create_persona(session, world.guild.id, "Longwinded", **long)
+    show = await world.run("persona", "show", {"name": "Longwinded"}, member=world.alice)
+    assert show.embeds, show.content
+    embed = show.embeds[0]
+    size = len(embed["title"]) + len(embed["description"]) + len(embed["footer"]["text"])
+    size += sum(len(f["name"]) + len(f["value"]) for f in embed["fields"])
+    assert size <= 6000 and embed["description"].endswith("…")
+
+
+async def test_edit_keeps_fields_longer_than_a_modal_can_show_unless_they_are_changed(world: World) -> None:
+    long_description = "The archivist remembers everything. " * 200  # 7200 characters, from a card
+    async with world.bot.db.session() as session:
+        await persona_repo.create_persona(
+            session, world.guild.id, "Archivist", description=long_description, scenario="A library."
+        )
+    opened = await world.run("persona", "edit", {"name": "Archivist"})
+    inputs = {c["custom_id"]: c for row in opened.modal["components"] for c in row["components"]}
+    by_label = {c["label"].split(" (")[0]: c for c in inputs.values()}
+    described = by_label["Description"]
+    assert described["label"] == "Description (first 4000 of 7200 chars)"
+    assert described["value"] == long_description[:4000]
+    saved = await world.emu.submit_modal(opened, {by_label["Scenario"]["custom_id"]: "A flooded library."})
+    await saved.wait_response()
+    assert saved.content == "Saved **Archivist**."
+    archivist = await world.persona("Archivist")
+    assert archivist is not None and archivist.description == long_description
+    assert archivist.scenario == "A flooded library."
+
+    opened = await world.run("persona", "edit", {"name": "Archivist"})
+    inputs = {
+        c["label"].split(" (")[0]: c["custom_id"] for row in opened.modal["components"] for c in row["components"]
+    }
+    saved = await world.emu.submit_modal(opened, {inputs["Description"]: "A short description now."})
+    await saved.wait_response()
+    archivist = await world.persona("Archivist")
+    assert archivist is not None and archivist.description == "A short description now."
+
+
+async def test_a_new_avatar_reaches_the_webhook(world: World) -> None:
+    await world.say("persona", "create", ARIA)
+    await world.say("persona", "use", {"name": "Aria"})
+    await world.emu.wait_for_webhook_message(world.lounge)
+    hook = world.emu.webhooks_in(world.lounge)[0]
+    assert hook.avatar_data is None
+    # Re-import Aria from a card with a picture: the same persona (same id), a new avatar.
+    card = card_png(v2_card("Aria"), image=png_image((250, 250, 0)))
+    ask = await world.run("persona", "import", {"card": Upload("aria.png", card)})
+    yes_id, _ = ask.original.custom_ids()
+    await (await world.emu.click_button(ask.original, yes_id, world.staff)).wait_response()
+    await ask.wait_followup(2)
+    await world.emu.user_message(world.lounge, world.alice, "Aria, you look different.")
+    await world.emu.wait_for_webhook_message(world.lounge)
+    assert hook.avatar_data is not None and hook.avatar_data.startswith("data:image/png;base64,")
+
+    # A deleted persona's id may be given to the next one (SQLite reuses the highest id): no stale avatar either.
+    ask = await world.run("persona", "delete", {"name": "Aria"})
+    yes_id, _ = ask.original.custom_ids()
+    await (await world.emu.click_button(ask.original, yes_id, world.staff)).wait_response()
+    await ask.wait_followup()
+    await world.say("persona", "create", {"name": "Plain", "description": "No picture.", "greeting": "Hi."})
+    await world.say("persona", "use", {"name": "Plain"})
+    hi = await world.emu.wait_for_webhook_message(world.lounge)
+    assert hi.username == "Plain" and hook.avatar_data is None
