@@ -12,7 +12,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.avatars import AvatarError, normalize_avatar
-from bot.cards import card_to_persona_fields, export_json, export_png, parse_card, persona_to_card
+from bot.cards import CardError, card_to_persona_fields, export_json, export_png, parse_card, persona_to_card
+from bot.cards.limits import MAX_CARD_FILE_BYTES, MiB
 from bot.prompt import PersonaSpec, PromptError
 from bot.storage import channels as channel_repo
 from bot.storage import guilds as guild_repo
@@ -29,11 +30,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
-MAX_CARD_BYTES = 20 * 1024 * 1024
 FIELD_MAX = 6000  # Discord's own limit for a string option
 MODAL_FIELD_MAX = 4000  # Discord's limit for a text input
 PAGE_SIZE = 10
 CONFIRM_TIMEOUT = 120
+EXPORTS_PER_MINUTE = 5
 
 
 def _short(text: str, limit: int = 1000) -> str:
@@ -260,18 +261,21 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
     async def import_(self, interaction: discord.Interaction, card: discord.Attachment, activate: bool = False) -> None:
         await require_persona_manager(interaction)
         assert interaction.guild_id is not None
-        if card.size > MAX_CARD_BYTES:
-            raise CommandError(f"That file is {card.size / 1048576:.1f} MiB; cards are at most 20 MiB.")
+        if card.size > MAX_CARD_FILE_BYTES:  # refused before downloading it
+            raise CommandError(
+                f"That file is {card.size / MiB:.1f} MiB; cards are at most {MAX_CARD_FILE_BYTES // MiB} MiB."
+            )
         await interaction.response.defer(ephemeral=True, thinking=True)
         data = await card.read()
         imported = await asyncio.to_thread(parse_card, data, card.filename)
         fields = card_to_persona_fields(imported)
+        notes = list(imported.warnings)  # what was read leniently or left out: the importer should know
         if fields.get("avatar"):
             try:
                 fields["avatar"] = await asyncio.to_thread(normalize_avatar, fields["avatar"])
                 fields["avatar_mime"] = "image/png"
             except AvatarError as exc:
-                log.info("card %s has an unusable image (%s); importing without avatar", card.filename, exc)
+                notes.append(f"the card image cannot be used as the avatar: {exc}")
                 fields["avatar"], fields["avatar_mime"] = None, None
         name = str(fields.pop("name"))
         self.cog.check_fits(PersonaSpec.from_row({"name": name, **fields}))
@@ -308,6 +312,8 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
             f" ({len(persona.alternate_greetings or [])} alternate greetings, {lore} lorebook entries"
             f"{', avatar' if persona.avatar else ''})."
         )
+        if notes:
+            summary += "\nNotes: " + _short("; ".join(notes), 1000)
         if activate:
             summary += "\n" + await self.cog.activate(interaction, persona)
         await interaction.followup.send(summary, ephemeral=True)
@@ -428,17 +434,22 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
     @app_commands.choices(
         format=[app_commands.Choice(name="PNG", value="png"), app_commands.Choice(name="JSON", value="json")]
     )
+    # Anyone may export, and encoding a card with its image costs CPU: a few per minute each is plenty.
+    @app_commands.checks.cooldown(EXPORTS_PER_MINUTE, 60.0, key=lambda i: (i.guild_id, i.user.id))
     async def export(self, interaction: discord.Interaction, name: str, format: str = "png") -> None:
         assert interaction.guild_id is not None
         persona = await self._get(interaction.guild_id, name)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        card = persona_to_card(persona)
-        if format == "json":
-            data = await asyncio.to_thread(export_json, card)
-            filename = f"{_filename(persona.name)}.json"
-        else:
-            data = await asyncio.to_thread(export_png, card, persona.avatar)
-            filename = f"{_filename(persona.name)}.png"
+        try:
+            card = persona_to_card(persona)
+            if format == "json":
+                data = await asyncio.to_thread(export_json, card)
+                filename = f"{_filename(persona.name)}.json"
+            else:
+                data = await asyncio.to_thread(export_png, card, persona.avatar)
+                filename = f"{_filename(persona.name)}.png"
+        except CardError as exc:
+            raise CommandError(f"{persona.name} could not be exported: {exc}") from None
         await interaction.followup.send(
             f"**{discord.utils.escape_markdown(persona.name)}** as a character card:",
             file=discord.File(io.BytesIO(data), filename=filename),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import sys
 
 import pytest
@@ -13,7 +14,7 @@ from bot.storage import personas as persona_repo
 from bot.storage.models import PERSONA_NAME_MAX
 from tests.cogs._persona_fixtures import World, card_png, make_world, png_image, v2_card
 from tests.discord_emulator import DiscordEmulator, Upload
-from tests.discord_emulator.fixtures import BotRunner
+from tests.discord_emulator.fixtures import BotRunner, ErrorLogGuard
 
 
 @pytest.fixture
@@ -436,3 +437,45 @@ async def test_a_new_avatar_reaches_the_webhook(world: World) -> None:
     await world.say("persona", "use", {"name": "Plain"})
     hi = await world.emu.wait_for_webhook_message(world.lounge)
     assert hi.username == "Plain" and hook.avatar_data is None
+
+
+# ---- unexpected failures ----
+
+OOPS = re.compile(
+    r"Something went wrong on my side \(error id `([0-9a-f]{8})`\)\. An admin can find it in the bot's log\."
+)
+
+
+async def test_an_unexpected_failure_gives_an_error_id_and_no_traceback(
+    world: World, error_log_guard: ErrorLogGuard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    error_log_guard.allow(r"^command /persona list failed \(error id [0-9a-f]{8}\)$")
+
+    async def on_fire(*_args: object, **_kwargs: object) -> int:
+        raise RuntimeError("the database is on fire")
+
+    monkeypatch.setattr(persona_repo, "count_personas", on_fire)
+    handle = await world.run("persona", "list", member=world.alice)
+    match = OOPS.fullmatch(handle.content or "")
+    assert handle.ephemeral and match is not None
+    [record] = error_log_guard.records
+    assert match.group(1) in record.getMessage() and isinstance(record.exc_info[1], RuntimeError)
+
+
+async def test_an_unexpected_failure_in_the_edit_form_is_reported_too(
+    world: World, error_log_guard: ErrorLogGuard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    error_log_guard.allow(r"^interaction \w+ failed \(error id [0-9a-f]{8}\)$")
+    await world.say("persona", "create", ARIA)
+    opened = await world.run("persona", "edit", {"name": "Aria"})
+
+    async def on_fire(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(persona_repo, "update_persona", on_fire)
+    saved = await world.emu.submit_modal(opened, {})
+    await saved.wait_response()
+    match = OOPS.fullmatch(saved.content or "")
+    assert saved.ephemeral and match is not None
+    [record] = error_log_guard.records
+    assert match.group(1) in record.getMessage() and opened.modal["custom_id"] in record.getMessage()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import zipfile
 
 import pytest
@@ -121,6 +122,12 @@ async def test_import_a_name_clash_asks_before_replacing(world: World) -> None:
         ("garbage.json", b"\x00\x01 not json at all", "garbage.json: The file is not valid JSON"),
         ("notes.txt", b"hello there", "notes.txt: This is not a PNG, JSON or CHARX file"),
         ("nameless.json", json.dumps({"spec": "chara_card_v2", "data": {}}).encode(), "The card has no name"),
+        (
+            "bigfield.json",
+            json.dumps(v2_card("Big", description="x" * 100_001)).encode(),
+            "bigfield.json: The card's description is 100,001 characters long; at most 100,000 are accepted.",
+        ),
+        ("longname.json", json.dumps(v2_card("N" * 81)).encode(), "The card's name is 81 characters long"),
     ],
 )
 async def test_import_refuses_bad_cards_with_a_specific_message(
@@ -201,3 +208,32 @@ async def test_export_json_and_unknown_persona(world: World) -> None:
     assert card["data"]["name"] == "Aria" and card["data"]["first_mes"] == "Hi!"
     text = await world.say("persona", "export", {"name": "Nope"})
     assert text == "There is no persona named 'Nope' here. See /persona list."
+
+
+async def test_import_reports_what_it_read_leniently(world: World) -> None:
+    book = {
+        "entries": [
+            {"keys": ["x"], "content": "y", "enabled": True, "insertion_order": 0, "extensions": {}, "position": "up"}
+        ],
+        "extensions": {},
+    }
+    card = v2_card("Odd", character_book=book)
+    card["spec_version"] = "9.9"
+    text = await world.say("persona", "import", {"card": Upload("odd.json", json.dumps(card).encode())})
+    assert text == (
+        "Imported **Odd** (0 alternate greetings, 1 lorebook entries).\n"
+        "Notes: spec_version '9.9' does not match chara_card_v2; read as chara_card_v2; "
+        "lorebook entry 1: unknown position 'up', treated as before_char"
+    )
+
+
+async def test_export_has_a_per_member_cooldown(world: World) -> None:
+    await world.say("persona", "create", {"name": "Aria", "description": "A bard."})
+    for _ in range(5):
+        handle = await world.run("persona", "export", {"name": "Aria", "format": "json"}, member=world.alice)
+        assert handle.attachments
+    refused = await world.run("persona", "export", {"name": "Aria", "format": "json"}, member=world.alice)
+    assert refused.response_type == 4 and refused.ephemeral and not refused.attachments
+    assert re.fullmatch(r"Slow down: try again <t:\d+:R>\.", refused.content)
+    other = await world.run("persona", "export", {"name": "Aria", "format": "json"}, member=world.bob)
+    assert other.attachments  # the cooldown is each member's own
