@@ -315,7 +315,10 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
         if notes:
             summary += "\nNotes: " + _short("; ".join(notes), 1000)
         if activate:
-            summary += "\n" + await self.cog.activate(interaction, persona)
+            try:
+                summary += "\n" + await self.cog.activate(interaction, persona)
+            except CommandError as exc:  # the import itself worked: say both
+                summary += f"\nIt is not active here: {exc.message}"
         await interaction.followup.send(summary, ephemeral=True)
 
     @app_commands.command(name="edit", description="Edit a persona's long fields in a form")

@@ -63,6 +63,8 @@ class World:
         """Run a command and return the text of its answer, which must be ephemeral."""
         handle = await self.run(group, sub, options, **kw)
         assert handle.ephemeral, f"/{group} {sub} answered publicly: {handle.content!r}"
+        for message in (handle.original, *handle.followups):
+            assert message is not None and message.allowed_mentions == {"parse": []}, f"/{group} {sub} may ping"
         return handle.content or ""
 
     # ---- the database, as the bot sees it ----

@@ -237,3 +237,13 @@ async def test_export_has_a_per_member_cooldown(world: World) -> None:
     assert re.fullmatch(r"Slow down: try again <t:\d+:R>\.", refused.content)
     other = await world.run("persona", "export", {"name": "Aria", "format": "json"}, member=world.bob)
     assert other.attachments  # the cooldown is each member's own
+
+
+async def test_import_with_activate_in_a_channel_that_refuses_it_still_imports(world: World) -> None:
+    card = json.dumps(v2_card("Mira")).encode()
+    text = await world.say(
+        "persona", "import", {"card": Upload("m.json", card), "activate": True}, channel=world.general
+    )
+    assert text.startswith("Imported **Mira** (0 alternate greetings, 0 lorebook entries).\nIt is not active here: ")
+    assert "age-restricted" in text
+    assert await world.names() == ["Mira"] and world.emu.messages_in(world.general) == []
