@@ -223,8 +223,8 @@ def context_embed(name: str, built: BuiltPrompt, context_tokens: int, max_new: i
     if built.lore_dropped:
         fired.append("over the lorebook budget: " + ", ".join(built.lore_dropped))
     embed.add_field(name="Lore entries fired", value=_clip("\n".join(fired) or "none", 1024), inline=False)
-    # Keep code fences in the prompt from closing ours.
-    tail = built.text[-PREVIEW_CHARS:].replace("```", "`\u200b``")
+    # No two backticks may touch, or a fence in the prompt would close ours; the escape can double the length.
+    tail = built.text[-PREVIEW_CHARS:].replace("`", "`\u200b")[-PREVIEW_CHARS:]
     embed.add_field(name="End of the prompt", value=f"```\n{tail}\n```", inline=False)
     return embed
 

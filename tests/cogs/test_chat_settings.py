@@ -23,6 +23,7 @@ MIRA = {
 @pytest.fixture
 async def world(emulator: DiscordEmulator, run_bot: BotRunner) -> World:
     w = await make_world(emulator, run_bot)
+    emulator.interaction_deadline = 3.0  # reset and greeting post messages: they must defer first
     await w.say("persona", "create", MIRA)
     return w
 
