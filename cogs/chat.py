@@ -310,8 +310,8 @@ class ChatCog(commands.Cog):
         mode = active.settings.reply_mode
         if mode is ReplyMode.MENTION and not self._addressed(message, active):
             return
-        if policy.nsfw_only and not channel.is_nsfw():
-            return
+        if (policy.nsfw_only or active.persona.nsfw) and not channel.is_nsfw():
+            return  # an NSFW persona stays silent where the channel stopped being age-restricted
         if not self.limiter.hit(active.guild_id, message.author.id, policy.ratelimit_count, policy.ratelimit_seconds):
             with contextlib.suppress(discord.HTTPException):
                 await message.add_reaction("⏰")

@@ -479,3 +479,21 @@ async def test_an_unexpected_failure_in_the_edit_form_is_reported_too(
     assert saved.ephemeral and match is not None
     [record] = error_log_guard.records
     assert match.group(1) in record.getMessage() and opened.modal["custom_id"] in record.getMessage()
+
+
+async def test_an_nsfw_persona_falls_silent_when_its_channel_stops_being_age_restricted(world: World) -> None:
+    owner = await world.emu.add_member(world.guild, "owner", permissions=0x20)  # Manage Server
+    await world.say("admin", "nsfw-only", {"enabled": False}, member=owner)
+    await world.say("persona", "create", {"name": "Vex", "description": "A succubus.", "greeting": "Hi.", "nsfw": True})
+    await world.say("persona", "use", {"name": "Vex"})
+    await world.emu.wait_for_webhook_message(world.lounge)
+    await world.emu.set_nsfw(world.lounge, False)
+    await world.emu.wait_until(lambda: not world.bot.get_channel(world.lounge.id).is_nsfw(), "the channel update")
+    await world.emu.user_message(world.lounge, world.alice, "Vex, hello?")
+    # No reply is generated for that; the next persona, which is not NSFW, may talk here.
+    await world.say("persona", "create", {"name": "Sunny", "description": "Harmless.", "greeting": "Hello!"})
+    await world.say("persona", "use", {"name": "Sunny"})
+    await world.emu.wait_for_webhook_message(world.lounge)
+    await world.emu.user_message(world.lounge, world.alice, "Sunny, hello?")
+    await world.emu.wait_for_webhook_message(world.lounge)
+    assert len(world.engine.requests) == 1 and "Sunny, hello?" in world.engine.prompts[0]
