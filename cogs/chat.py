@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
+from bot.chat.history import CachedMessage, HistoryCache, StoreWriter
 from bot.chat.names import mentions_name
 from bot.chat.ratelimit import SlidingWindowLimiter
 from bot.generation.base import EngineError, GenerationRequest, PromptTooLong, SamplerError, SamplerParams
@@ -47,6 +48,7 @@ HISTORY_LIMIT = 400  # stored messages read per prompt; the builder trims to the
 BACKFILL_LIMIT = 50
 ALWAYS_MODE_DEBOUNCE = 1.5  # seconds of quiet before replying to a burst in "always" mode
 QUEUE_NOTICE_AFTER = 2.0  # seconds waiting before the queue position is shown
+TYPING_AFTER = 0.3  # seconds without a first token before the typing indicator starts
 NAME_CACHE_SIZE = 10_000
 TRIGGER_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 
@@ -75,6 +77,20 @@ class GuildPolicy:
     filters: OutputFilterSet = field(default_factory=OutputFilterSet)
 
 
+class GenRef:
+    """A generation row whose INSERT may still be running: it is written beside the generation, off the path
+    between a message and the first visible reply, and awaited only where its id is needed."""
+
+    def __init__(self, pending: asyncio.Task[int] | int) -> None:
+        self._pending = pending
+
+    async def get(self) -> int:
+        if isinstance(self._pending, int):
+            return self._pending
+        self._pending = await self._pending
+        return self._pending
+
+
 class FilteredOutput(Exception):
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
@@ -98,10 +114,13 @@ class ChatCog(commands.Cog):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
         self._backfilled = False
+        self.history = HistoryCache()
+        self.writer = StoreWriter(bot.db)
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
 
     async def cog_load(self) -> None:
+        self.writer.start()
         self.bot.add_dynamic_items(ReplyButton)
         await self.poster.load_known_webhooks()
         async with self.bot.db.session() as session:
@@ -113,6 +132,7 @@ class ChatCog(commands.Cog):
         self.bot.remove_dynamic_items(ReplyButton)
         for task in list(self._tasks):
             task.cancel()
+        await self.writer.close()
 
     async def drain(self, grace: float) -> None:
         """Stop taking triggers, let running replies finish within ``grace`` seconds, then cancel the rest."""
@@ -127,6 +147,7 @@ class ChatCog(commands.Cog):
                 task.cancel()
             if still:
                 await asyncio.wait(still, timeout=5)
+        await self.writer.flush()
 
     def _spawn(self, coro: Any, *, channel_id: int | None = None) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -259,6 +280,7 @@ class ChatCog(commands.Cog):
 
     async def backfill(self, channel: discord.TextChannel | discord.Thread, limit: int = BACKFILL_LIMIT) -> int:
         """Store what was said while the bot was away (or before a persona was activated). Returns how many."""
+        await self.writer.flush()
         async with self.bot.db.session() as session:
             newest = await msg_repo.newest_message_id(session, channel.id)
         after = discord.Object(newest) if newest else None
@@ -270,9 +292,7 @@ class ChatCog(commands.Cog):
                 continue
             records.append(self._record(message, self._kind_of(message)))
             self._remember_name(message.author.id, message.author.display_name)
-        if records:
-            async with self.bot.db.session() as session:
-                await msg_repo.save_messages(session, records)
+        self._save(records)
         return len(records)
 
     @commands.Cog.listener()
@@ -294,8 +314,7 @@ class ChatCog(commands.Cog):
             self._remember_name(message.author.id, message.author.display_name)
             for user in message.mentions:
                 self._remember_name(user.id, user.display_name)
-            async with self.bot.db.session() as session:
-                await msg_repo.save_message(session, self._record(message, kind))
+            self._save([self._record(message, kind)])
         if kind is MessageKind.HUMAN:
             await self._maybe_reply(message, channel, active)
 
@@ -351,11 +370,14 @@ class ChatCog(commands.Cog):
             return
         edited = payload.data.get("edited_timestamp")
         when = datetime.fromisoformat(edited) if edited else utcnow()
-        async with self._store_locks[payload.channel_id], self.bot.db.session() as session:
-            stored = await msg_repo.get_message(session, payload.message_id)
-            if stored is None or stored.kind is MessageKind.PERSONA:
-                return  # our own replies are stored by us, with clean text
-            await msg_repo.edit_message(session, payload.message_id, content, when)
+        if self.poster.is_own_webhook(_int(payload.data.get("webhook_id"))):
+            return  # our own replies are stored by us, with clean text
+        author = payload.data.get("author") or {}
+        if self.bot.user is not None and _int(author.get("id")) == self.bot.user.id:
+            return
+        async with self._store_locks[payload.channel_id]:
+            self.history.edit(payload.channel_id, payload.message_id, content, when)
+            self.writer.edit(payload.message_id, content, when)
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
@@ -370,8 +392,9 @@ class ChatCog(commands.Cog):
         if queue is not None:
             for mid in ids:
                 queue.cancel_trigger(mid)
-        async with self._store_locks[channel_id], self.bot.db.session() as session:
-            await msg_repo.delete_messages(session, ids)
+        async with self._store_locks[channel_id]:
+            self.history.delete(channel_id, ids)
+            self.writer.delete(ids)
 
     # ---- replying ------------------------------------------------------------------------------------------------
 
@@ -388,15 +411,43 @@ class ChatCog(commands.Cog):
             "roles": {r.id: r.name for r in guild.roles},
         }
 
-    async def _history(self, channel_id: int, active: ActiveChannel, before_id: int | None = None) -> list[Any]:
+    def _save(self, records: list[MessageRecord]) -> None:
+        """Into the in-memory history now, into the database a moment later (in arrival order)."""
+        if not records:
+            return
+        for record in records:
+            self.history.add(CachedMessage.from_record(record))
+        self.writer.save(records)
+
+    async def history_for(
+        self, channel_id: int, active: ActiveChannel, before_id: int | None = None
+    ) -> list[CachedMessage]:
+        """The scene's messages, oldest first (from memory; loaded from the store on first use)."""
+        if not self.history.loaded(channel_id):
+            await self.writer.flush()
+            async with self.bot.db.session() as session:
+                rows = await msg_repo.history(session, channel_id, limit=HISTORY_LIMIT)
+            self.history.load(channel_id, [CachedMessage.from_row(r, channel_id) for r in rows])
+        return self.history.window(
+            channel_id, after_id=active.settings.scene_start_message_id, before_id=before_id, limit=HISTORY_LIMIT
+        )
+
+    async def stored_message(self, channel_id: int, message_id: int) -> CachedMessage | None:
+        cached = self.history.get(channel_id, message_id)
+        if cached is not None:
+            return cached
+        await self.writer.flush()
         async with self.bot.db.session() as session:
-            return await msg_repo.latest_messages(
-                session,
-                channel_id,
-                limit=HISTORY_LIMIT,
-                after_id=active.settings.scene_start_message_id,
-                before_id=before_id,
-            )
+            row = await msg_repo.get_message(session, message_id)
+        return None if row is None else CachedMessage.from_row(row, channel_id)
+
+    async def forget_user(self, user_id: int, guild_id: int | None = None) -> int:
+        """Delete a user's stored messages (in one guild, or everywhere); later prompts no longer hold them."""
+        await self.writer.flush()
+        async with self.bot.db.session() as session:
+            count = await msg_repo.forget_user(session, user_id, guild_id)
+        self.history.drop()
+        return count
 
     def _sampler(self, active: ActiveChannel) -> tuple[SamplerParams, int]:
         overrides = dict(active.settings.sampler or {})
@@ -413,46 +464,61 @@ class ChatCog(commands.Cog):
         active = await self.active_channel(channel)
         if active is None or not self._accepting:
             return
-        async with self.bot.db.session() as session:
-            gen = await gen_repo.create_generation(
-                session,
-                guild_id=active.guild_id,
-                channel_id=channel.id,
-                trigger_message_id=trigger.id,
-                user_id=trigger.author.id,
-                persona_id=active.persona.id,
+        gen = GenRef(
+            asyncio.ensure_future(
+                self._create_generation(
+                    guild_id=active.guild_id,
+                    channel_id=channel.id,
+                    trigger_message_id=trigger.id,
+                    user_id=trigger.author.id,
+                    persona_id=active.persona.id,
+                )
             )
+        )
         writer = ReplyWriter(
             self.poster, channel, self._speaker(active.persona), interval=self.bot.settings.stream_edit_interval
         )
+        fields: dict[str, Any] = {}
         text = await self._produce(
             channel,
             active,
-            gen.id,
+            gen,
             writer,
             user_name=trigger.author.display_name,
             trigger_id=trigger.id,
             user_id=trigger.author.id,
+            fields_out=fields,
         )
         if text is None:
             return
-        async with self.bot.db.session() as session:
-            row = await gen_repo.get_generation(session, gen.id)
-            if row is not None:
-                row.alternatives = [text]
-                row.selected_index = 0
-        posted = await writer.finish(text, reply_view(gen.id, 0, 1))
-        await self._store_reply(gen.id, active, channel, posted, writer, text)
-        async with self.bot.db.session() as session:
-            previous = await gen_repo.previous_reply(session, channel.id, gen.id)
+        gen_id = await gen.get()
+        posted = await writer.finish(text, reply_view(gen_id, 0, 1))
+        previous = await self._store_reply(
+            gen_id, active, channel, posted, writer, text, alternatives=[text], selected_index=0, **fields
+        )
         if previous is not None:
-            await self._strip_buttons(channel, previous.id)
+            await self._strip_buttons(channel, previous)
+
+    async def _create_generation(self, **fields: Any) -> int:
+        async with self.bot.db.session() as session:
+            return (await gen_repo.create_generation(session, **fields)).id
+
+    async def _update_generation(self, gen_id: int, **fields: Any) -> None:
+        async with self.bot.db.session() as session:
+            row = await gen_repo.get_generation(session, gen_id)
+            if row is None:
+                return
+            added = fields.pop("add_completion_tokens", 0)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            if added:
+                row.completion_tokens = (row.completion_tokens or 0) + added
 
     async def _produce(
         self,
         channel: discord.TextChannel | discord.Thread,
         active: ActiveChannel,
-        gen_id: int,
+        gen: GenRef,
         writer: ReplyWriter,
         *,
         user_name: str,
@@ -460,16 +526,19 @@ class ChatCog(commands.Cog):
         user_id: int | None = None,
         before_id: int | None = None,
         continue_text: str | None = None,
+        fields_out: dict[str, Any] | None = None,
     ) -> str | None:
-        """Run one generation (with one retry for an empty or filtered reply); None when no text was produced."""
+        """Run one generation (with one retry for an empty or filtered reply); None when no text was produced.
+
+        The generation row's new fields go into ``fields_out`` for the caller to write with the rest (one write
+        per reply); without it they are written here."""
         policy = await self.policy(active.guild_id)
         last_error = ""
         for attempt in range(2):
             try:
-                return await self._generate_once(
+                text, fields = await self._generate_once(
                     channel,
                     active,
-                    gen_id,
                     writer,
                     user_name=user_name,
                     trigger_id=trigger_id,
@@ -478,24 +547,30 @@ class ChatCog(commands.Cog):
                     continue_text=continue_text,
                     policy=policy,
                 )
+                if fields_out is None:
+                    await self._update_generation(await gen.get(), **fields)
+                else:
+                    fields_out.update(fields)
+                return text
             except (EmptyReply, FilteredOutput) as exc:
                 last_error = "filtered" if isinstance(exc, FilteredOutput) else "empty"
                 log.info("reply attempt %d in channel %s was %s; retrying", attempt + 1, channel.id, last_error)
                 continue
             except (RequestReplaced, RequestCancelled) as exc:
                 status = GenerationStatus.CANCELLED
-                await self._finish_generation(gen_id, status, reason=type(exc).__name__)
+                await self._finish_generation(await gen.get(), status, reason=type(exc).__name__)
                 if isinstance(exc, RequestCancelled) and writer.posted_any:
                     await writer.delete_all()
                 return None
             except Exception as exc:  # every other failure becomes a notice, never a traceback
-                await self._fail(channel, active, gen_id, writer, exc)
+                await self._fail(channel, active, await gen.get(), writer, exc)
                 return None
         notice = (
             "*(This reply was withheld by this server's output filters.)*"
             if last_error == "filtered"
             else "*(The model gave an empty reply twice. Press Try again.)*"
         )
+        gen_id = await gen.get()
         await self._finish_generation(gen_id, GenerationStatus.FAILED, reason=last_error)
         await writer.finish(notice, retry_view(gen_id))
         return None
@@ -504,7 +579,6 @@ class ChatCog(commands.Cog):
         self,
         channel: discord.TextChannel | discord.Thread,
         active: ActiveChannel,
-        gen_id: int,
         writer: ReplyWriter,
         *,
         user_name: str,
@@ -513,12 +587,13 @@ class ChatCog(commands.Cog):
         before_id: int | None,
         continue_text: str | None,
         policy: GuildPolicy,
-    ) -> str:
+    ) -> tuple[str, dict[str, Any]]:
+        """One generation; returns the reply and the generation row's new fields (written once, by the caller)."""
         queue = self.bot.queue
         if queue is None:
             raise UserFacingError("The model is not loaded.")
         persona = active.persona
-        history = await self._history(channel.id, active, before_id)
+        history = await self.history_for(channel.id, active, before_id)
         params, max_new = self._sampler(active)
         built = self.builder.build(
             PersonaSpec.from_row(persona),
@@ -541,11 +616,6 @@ class ChatCog(commands.Cog):
             label=f"{persona.name} in #{getattr(channel, 'name', channel.id)}",
         )
         req = queue.submit(job)
-        async with self.bot.db.session() as session:
-            row = await gen_repo.get_generation(session, gen_id)
-            if row is not None:
-                row.sampler = {**params.as_dict(), "max_new_tokens": max_new}
-                row.prompt_tokens = built.prompt_tokens
         prefix = continue_text or ""
         raw = ""
         started = time.monotonic()
@@ -553,6 +623,10 @@ class ChatCog(commands.Cog):
 
         async def show_queue_position() -> None:
             shown = 0
+            # A fast engine answers before a typing indicator would show: only ask Discord for one when it is slow.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(first_chunk.wait(), timeout=TYPING_AFTER)
+                return
             async with channel.typing():
                 while not first_chunk.is_set():
                     pos = req.position
@@ -592,16 +666,16 @@ class ChatCog(commands.Cog):
         hit = policy.filters.first_hit(final) if policy.filters else None
         if hit is not None:
             raise FilteredOutput(hit)
-        async with self.bot.db.session() as session:
-            row = await gen_repo.get_generation(session, gen_id)
-            if row is not None:
-                row.status = GenerationStatus.DONE
-                row.finish_reason = result.finish_reason
-                row.prompt_tokens = result.prompt_tokens or built.prompt_tokens
-                row.completion_tokens = (row.completion_tokens or 0) + result.completion_tokens
-                row.first_token_seconds = result.time_to_first_token
-                row.finished_at = utcnow()
-        return final
+        fields = {
+            "status": GenerationStatus.DONE,
+            "finish_reason": result.finish_reason,
+            "sampler": {**params.as_dict(), "max_new_tokens": max_new},
+            "prompt_tokens": result.prompt_tokens or built.prompt_tokens,
+            "add_completion_tokens": result.completion_tokens,
+            "first_token_seconds": result.time_to_first_token,
+            "finished_at": utcnow(),
+        }
+        return final, fields
 
     async def _fail(
         self,
@@ -650,8 +724,10 @@ class ChatCog(commands.Cog):
         posted: list[Posted],
         writer: ReplyWriter,
         text: str,
-    ) -> None:
-        """Record the reply's messages: in the generation, and in the store so later prompts see it."""
+        **fields: Any,
+    ) -> int | None:
+        """Record the reply: its messages in the store (so later prompts see it) and, in one write, the generation's
+        fields and message ids. Returns the id of the channel's previous reply that still has buttons."""
         from bot.chat.splitting import split_message
 
         parts = split_message(text)
@@ -672,15 +748,27 @@ class ChatCog(commands.Cog):
             )
             for p, part in zip(posted, parts, strict=False)
         ]
+        old_ids: list[int] = []
+        previous: int | None = None
         async with self.bot.db.session() as session:
             row = await gen_repo.get_generation(session, gen_id)
             if row is not None:
+                added = fields.pop("add_completion_tokens", 0)
+                for key, value in fields.items():
+                    setattr(row, key, value)
+                if added:
+                    row.completion_tokens = (row.completion_tokens or 0) + added
                 old_ids = [i for i in row.reply_message_ids if i not in {p.id for p in posted}]
-                await msg_repo.delete_messages(session, old_ids)
                 row.reply_message_ids = [p.id for p in posted]
                 row.reply_message_id = posted[0].id if posted else None
                 row.sampler = {**(row.sampler or {}), "via_webhook": all(p.via_webhook for p in posted)}
-            await msg_repo.save_messages(session, records)
+                prev = await gen_repo.previous_reply(session, channel.id, gen_id)
+                previous = prev.id if prev is not None else None
+        if old_ids:
+            self.history.delete(channel.id, old_ids)
+            self.writer.delete(old_ids)
+        self._save(records)
+        return previous
 
     async def _strip_buttons(self, channel: discord.TextChannel | discord.Thread, gen_id: int) -> None:
         """Only the latest reply keeps its buttons."""
@@ -689,8 +777,8 @@ class ChatCog(commands.Cog):
             if row is None or not row.reply_message_ids:
                 return
             last_id = row.reply_message_ids[-1]
-            stored = await msg_repo.get_message(session, last_id)
             persona = await session.get(Persona, row.persona_id) if row.persona_id else None
+        stored = await self.stored_message(channel.id, last_id)
         if stored is None or persona is None:
             return
         posted = Posted(last_id, channel.id, stored.author_id != self.bot.user.id, stored.author_id)
@@ -729,8 +817,7 @@ class ChatCog(commands.Cog):
             )
             for p, part in zip(posted, split_message(text), strict=False)
         ]
-        async with self.bot.db.session() as session:
-            await msg_repo.save_messages(session, records)
+        self._save(records)
         return posted
 
     # ---- buttons -----------------------------------------------------------------------------------------------
@@ -792,9 +879,9 @@ class ChatCog(commands.Cog):
     ) -> None:
         async with self.bot.db.session() as session:
             gen = await gen_repo.get_generation(session, gen_id)
-            if gen is None:
-                return
-            stored = [await msg_repo.get_message(session, mid) for mid in gen.reply_message_ids]
+        if gen is None:
+            return
+        stored = [await self.stored_message(channel.id, mid) for mid in gen.reply_message_ids]
         parts = [
             Posted(m.id, channel.id, m.author_id != self.bot.user.id, m.author_id) for m in stored if m is not None
         ]
@@ -830,7 +917,7 @@ class ChatCog(commands.Cog):
                 produced = await self._produce(
                     channel,
                     active,
-                    gen_id,
+                    GenRef(gen_id),
                     writer,
                     user_name=user_name,
                     trigger_id=gen.trigger_message_id,
@@ -846,7 +933,7 @@ class ChatCog(commands.Cog):
                 produced = await self._produce(
                     channel,
                     active,
-                    gen_id,
+                    GenRef(gen_id),
                     writer,
                     user_name=user_name,
                     trigger_id=gen.trigger_message_id,
@@ -879,8 +966,7 @@ class ChatCog(commands.Cog):
         if not allowed:
             raise UserFacingError("Only the person who asked for this reply, or a moderator, can delete it.")
         await interaction.response.defer()
-        async with self.bot.db.session() as session:
-            stored = [await msg_repo.get_message(session, mid) for mid in gen.reply_message_ids]
+        stored = [await self.stored_message(channel.id, mid) for mid in gen.reply_message_ids]
         for m in stored:
             if m is not None:
                 await self.poster.delete(
@@ -896,13 +982,21 @@ class ChatCog(commands.Cog):
                     interaction.message.webhook_id or self.bot.user.id,
                 ),
             )
+        self.history.delete(channel.id, gen.reply_message_ids)
+        self.writer.delete(gen.reply_message_ids)
         async with self.bot.db.session() as session:
-            await msg_repo.delete_messages(session, gen.reply_message_ids)
             row = await gen_repo.get_generation(session, gen.id)
             if row is not None:
                 row.reply_message_ids = []
                 row.reply_message_id = None
             await mod_repo.audit(session, interaction.guild_id, member.id, "reply.delete", f"generation {gen.id}")
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _join_continuation(prefix: str, addition: str) -> str:
