@@ -13,11 +13,9 @@ from discord.ext import commands
 from bot.generation.base import SAMPLER_RANGES, SamplerError, SamplerParams
 from bot.prompt import BuiltPrompt, PersonaSpec
 from bot.storage import channels as channel_repo
-from bot.storage import messages as msg_repo
 from bot.storage import moderation as mod_repo
 from bot.storage.models import ChannelSettings, Persona, ReplyMode
 from cogs._permissions import require_persona_manager
-from cogs.chat import HISTORY_LIMIT
 from cogs.errors import CommandError
 
 if TYPE_CHECKING:
@@ -185,10 +183,7 @@ class ChatGroup(app_commands.Group, name="chat", description="The persona chat i
         active = await chat.active_channel(channel)
         if active is None:
             raise CommandError("No persona is active in this channel. Start one with /persona use.")
-        async with self.bot.db.session() as session:
-            history = await msg_repo.latest_messages(
-                session, channel.id, limit=HISTORY_LIMIT, after_id=active.settings.scene_start_message_id
-            )
+        history = await chat.history_for(channel.id, active)  # what the next reply reads, newest writes included
         _params, max_new = chat._sampler(active)
         # No conversation key: the inspector must not move the window the channel's real prompts reuse.
         built = chat.builder.build(

@@ -424,6 +424,9 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
         await view.wait()
         if not view.value:
             return
+        if self.cog.chat is not None:
+            # Messages still on their way to the store name this persona: write them before it is gone.
+            await self.cog.chat.writer.flush()
         async with self.bot.db.session() as session:
             row = await persona_repo.get_persona(session, persona.id)
             if row is not None:

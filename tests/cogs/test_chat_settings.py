@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from bot.storage import generations as gen_repo
 from bot.storage.models import ReplyMode
 from tests.cogs._persona_fixtures import World, make_world, seraphina_png
 from tests.discord_emulator import DiscordEmulator, Upload
@@ -137,9 +136,6 @@ async def test_settings_show_change_and_apply_to_the_next_reply(world: World) ->
     request = world.engine.requests[-1]
     assert request.params.temperature == 1.25 and request.params.top_k == 40 and request.params.min_p == 0.1
     assert request.max_new_tokens == 120
-    async with world.bot.db.session() as session:
-        gen = await gen_repo.latest_in_channel(session, world.lounge.id)
-    assert gen is not None and gen.sampler["temperature"] == 1.25 and gen.sampler["max_new_tokens"] == 120
     assert "chat.settings" in await world.audit_actions()
 
 
