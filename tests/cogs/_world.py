@@ -55,7 +55,9 @@ async def make_world(
     channel = await emulator.create_channel(guild, "roleplay", nsfw=nsfw)
     alice = await emulator.add_member(guild, "alice", nick="Alice")
     bob = await emulator.add_member(guild, "bob", nick="Bob")
-    mod = await emulator.add_member(guild, "mod", nick="Mod", permissions=m.MANAGE_GUILD | m.MANAGE_CHANNELS | m.MANAGE_MESSAGES)
+    mod = await emulator.add_member(
+        guild, "mod", nick="Mod", permissions=m.MANAGE_GUILD | m.MANAGE_CHANNELS | m.MANAGE_MESSAGES
+    )
     engine = engine or ScriptedEngine(replies=replies)
     bot = await run_bot(
         engine=engine,

@@ -14,8 +14,10 @@ async def test_persona_replies_through_webhook_with_its_name(emulator: DiscordEm
     await emulator.user_message(w.channel, w.alice, "Hello Seraphina!")
     reply = await emulator.wait_for_webhook_message(w.channel)
     assert reply.username == "Seraphina"
-    await emulator.wait_until(lambda: reply.content == "Greetings, Alice. The forest is calm tonight." and reply.components,
-                              "the final reply with buttons")
+    await emulator.wait_until(
+        lambda: reply.content == "Greetings, Alice. The forest is calm tonight." and reply.components,
+        "the final reply with buttons",
+    )
     assert reply.allowed_mentions == {"parse": []}
     assert all(body.get("allowed_mentions") == {"parse": []} for body in reply.edits if "content" in body)
     labels = str(reply.components)
@@ -93,8 +95,11 @@ async def test_long_reply_is_split_and_buttons_go_on_the_last_part(emulator: Dis
     w = await make_world(emulator, run_bot, replies=long_reply, settings={"max_new_tokens": 2000})
     await emulator.user_message(w.channel, w.alice, "Tell me a long story, Seraphina.")
     await emulator.wait_until(
-        lambda: (parts := [m for m in emulator.messages_in(w.channel) if m.source == "webhook"])
-        and parts[-1].components and len(parts) >= 2,
+        lambda: (
+            (parts := [m for m in emulator.messages_in(w.channel) if m.source == "webhook"])
+            and parts[-1].components
+            and len(parts) >= 2
+        ),
         "all parts with buttons on the last",
     )
     parts = [m for m in emulator.messages_in(w.channel) if m.source == "webhook"]
@@ -213,8 +218,12 @@ async def test_persona_and_buttons_survive_a_restart(emulator: DiscordEmulator, 
     engine = w.engine
     await run_bot.stop(w.bot)
 
-    bot = await run_bot(engine=engine, start_generation=True, extensions=w.bot.extensions_to_load,
-                        settings={"stream_edit_interval": 0.2})
+    bot = await run_bot(
+        engine=engine,
+        start_generation=True,
+        extensions=w.bot.extensions_to_load,
+        settings={"stream_edit_interval": 0.2},
+    )
     # The old reply's buttons still work (their state is in the custom id) ...
     click = await emulator.click_button(reply, _button(reply, "Regenerate"), w.alice)
     await click.wait_response()
@@ -240,9 +249,7 @@ async def test_threads_inherit_the_persona_and_reply_through_the_parent_webhook(
     assert rows and rows[0].parent_channel_id == w.channel.id
 
 
-async def test_without_manage_webhooks_falls_back_and_tells_admins_once(
-    emulator: DiscordEmulator, run_bot
-) -> None:
+async def test_without_manage_webhooks_falls_back_and_tells_admins_once(emulator: DiscordEmulator, run_bot) -> None:
     w = await make_world(emulator, run_bot, replies=["Plain one.", "Plain two."])
     await emulator.deny_bot_manage_webhooks(w.channel)
     await emulator.user_message(w.channel, w.alice, "Seraphina?")
