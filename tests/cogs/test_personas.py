@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from bot.prompt import PersonaSpec
+from bot.storage import messages as msg_repo
 from bot.storage import personas as persona_repo
 from bot.storage.models import PERSONA_NAME_MAX
 from tests.cogs._persona_fixtures import World, card_png, make_world, png_image, v2_card
@@ -497,3 +498,32 @@ async def test_an_nsfw_persona_falls_silent_when_its_channel_stops_being_age_res
     await world.emu.user_message(world.lounge, world.alice, "Sunny, hello?")
     await world.emu.wait_for_webhook_message(world.lounge)
     assert len(world.engine.requests) == 1 and "Sunny, hello?" in world.engine.prompts[0]
+
+
+async def test_deleting_a_persona_while_it_replies_loses_no_stored_messages(world: World) -> None:
+    await world.say("persona", "create", ARIA)
+    await world.say("persona", "use", {"name": "Aria"})
+    await world.emu.wait_for_webhook_message(world.lounge)
+    world.engine.pause()
+    await world.emu.user_message(world.lounge, world.alice, "Aria, a long song please.")
+    await world.emu.wait_until(lambda: world.engine.active == 1, "the reply to start")
+    ask = await world.run("persona", "delete", {"name": "Aria"})
+    yes_id, _ = ask.original.custom_ids()
+    await (await world.emu.click_button(ask.original, yes_id, world.staff)).wait_response()
+    await ask.wait_followup()
+    world.engine.resume()
+    await world.emu.wait_until(lambda: world.engine.completed == 1, "the reply to end")
+    chat = world.bot.get_cog("ChatCog")
+    orphan = await world.emu.wait_until(
+        lambda: [
+            m for m in world.emu.messages_in(world.lounge) if m.content == "The lantern flickers." and m.components
+        ],
+        "the finished reply",
+    )
+    await world.emu.wait_until(lambda: chat.history.get(world.lounge.id, orphan[0].id), "the reply in the history")
+    await chat.writer.flush()
+    assert chat.writer.failed_batches == 0
+    async with world.bot.db.session() as session:
+        stored = await msg_repo.get_message(session, orphan[0].id)
+    # Kept, without the link to the persona that no longer exists (as ON DELETE SET NULL leaves older ones).
+    assert stored is not None and stored.content == "The lantern flickers." and stored.persona_id is None
