@@ -8,7 +8,7 @@ import logging
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -292,8 +292,26 @@ class ChatCog(commands.Cog):
                 continue
             records.append(self._record(message, self._kind_of(message)))
             self._remember_name(message.author.id, message.author.display_name)
-        self._save(records)
+        self._save(await self._storable(channel.guild.id, records))
         return len(records)
+
+    async def _storable(self, guild_id: int, records: list[MessageRecord]) -> list[MessageRecord]:
+        """Leave out of a backfill what moderation removed or excludes: messages of users who asked to be forgotten
+        (sent before they asked; Discord still has them), of blocked users, and older than the retention period."""
+        if not records:
+            return records
+        policy = await self.policy(guild_id)
+        days = self.bot.settings.message_retention_days
+        cutoff = datetime.now(UTC) - timedelta(days=days) if days > 0 else None
+        async with self.bot.db.session() as session:
+            forgotten = await mod_repo.forget_requests(session, guild_id, {r.author_id for r in records})
+        return [
+            r
+            for r in records
+            if r.author_id not in policy.blocked
+            and (cutoff is None or r.created_at >= cutoff)
+            and not (r.author_id in forgotten and r.created_at <= forgotten[r.author_id])
+        ]
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -310,6 +328,8 @@ class ChatCog(commands.Cog):
             active = await self.active_channel(channel)
             if active is None:
                 return
+            if message.author.id in (await self.policy(active.guild_id)).blocked:
+                return  # ignored entirely: a blocked user's words never reach a prompt either
             kind = self._kind_of(message)
             self._remember_name(message.author.id, message.author.display_name)
             for user in message.mentions:
@@ -330,18 +350,25 @@ class ChatCog(commands.Cog):
         if mode is ReplyMode.MENTION and not self._addressed(message, active):
             return
         if (policy.nsfw_only or active.persona.nsfw) and not channel.is_nsfw():
-            return  # an NSFW persona stays silent where the channel stopped being age-restricted
-        if not self.limiter.hit(active.guild_id, message.author.id, policy.ratelimit_count, policy.ratelimit_seconds):
-            with contextlib.suppress(discord.HTTPException):
-                await message.add_reaction("⏰")
+            # An NSFW persona stays silent where the channel stopped being age-restricted.
             return
         if mode is ReplyMode.ALWAYS:
+            # A burst gets one reply, so the rate limit is charged when that reply is due, not per message.
             old = self._debounce.pop(channel.id, None)
             if old is not None:
                 old.cancel()
             self._debounce[channel.id] = self._spawn(self._debounced(channel, message))
-        else:
+        elif await self._within_rate_limit(message, active.guild_id):
             self._spawn(self.reply_to(channel, message))
+
+    async def _within_rate_limit(self, message: discord.Message, guild_id: int) -> bool:
+        """Count a reply to ``message`` against its author's limit; over it, react with a clock instead."""
+        policy = await self.policy(guild_id)
+        if self.limiter.hit(guild_id, message.author.id, policy.ratelimit_count, policy.ratelimit_seconds):
+            return True
+        with contextlib.suppress(discord.HTTPException):
+            await message.add_reaction("⏰")
+        return False
 
     def _addressed(self, message: discord.Message, active: ActiveChannel) -> bool:
         if self.bot.user in message.mentions:
@@ -361,7 +388,8 @@ class ChatCog(commands.Cog):
         await asyncio.sleep(ALWAYS_MODE_DEBOUNCE)
         if self._debounce.get(channel.id) is asyncio.current_task():
             del self._debounce[channel.id]
-        await self.reply_to(channel, message)
+        if await self._within_rate_limit(message, channel.guild.id):
+            await self.reply_to(channel, message)
 
     @commands.Cog.listener()
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
@@ -447,6 +475,15 @@ class ChatCog(commands.Cog):
         async with self.bot.db.session() as session:
             count = await msg_repo.forget_user(session, user_id, guild_id)
         self.history.drop()
+        return count
+
+    async def purge_older_than(self, cutoff: datetime) -> int:
+        """Delete stored messages older than ``cutoff`` (retention); later prompts no longer hold them."""
+        await self.writer.flush()
+        async with self.bot.db.session() as session:
+            count = await msg_repo.purge_older_than(session, cutoff)
+        if count:
+            self.history.drop()
         return count
 
     def _sampler(self, active: ActiveChannel) -> tuple[SamplerParams, int]:
@@ -605,7 +642,7 @@ class ChatCog(commands.Cog):
             conversation=channel.id,
             max_new_tokens=max_new,
         )
-        participants = sorted({m.author_name for m in history if m.kind is not MessageKind.PERSONA} | {user_name})
+        participants = list(built.participants) or [user_name]
         request = GenerationRequest(prompt=built.text, params=params, stop=built.stop, max_new_tokens=max_new)
         job = GenerationJob(
             request=request,
@@ -615,6 +652,10 @@ class ChatCog(commands.Cog):
             trigger_message_id=trigger_id,
             label=f"{persona.name} in #{getattr(channel, 'name', channel.id)}",
         )
+        # Checked again right before submitting (no await in between): /admin pause cancels what is queued, and a
+        # reply that was being prepared meanwhile must not slip in after it.
+        if (await self.policy(active.guild_id)).paused:
+            raise RequestCancelled("personas are paused in this server")
         req = queue.submit(job)
         prefix = continue_text or ""
         raw = ""
@@ -844,6 +885,16 @@ class ChatCog(commands.Cog):
             raise UserFacingError("Personas are paused in this server.")
         if interaction.user.id in policy.blocked:
             raise UserFacingError("You cannot use personas in this server.")
+        if policy.nsfw_only and not channel.is_nsfw():
+            raise UserFacingError(
+                "Personas reply only in age-restricted channels in this server (an admin can change that with "
+                "/admin nsfw-only)."
+            )
+        if action in ("prev", "next") and policy.filters:
+            # A stored swipe was checked against the filters of its time; an admin may have added one since.
+            target = gen.selected_index + (1 if action == "next" else -1)
+            if 0 <= target < len(gen.alternatives) and policy.filters.first_hit(gen.alternatives[target]):
+                raise UserFacingError("That version of the reply is withheld by this server's output filters.")
         if latest is None or latest.id != gen.id:
             raise UserFacingError("Only the latest reply can be changed.")
         active = await self.active_channel(channel)

@@ -15,7 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs._command_errors import CommandError, NotPermitted
+from cogs._user_errors import CommandError, NotPermitted
 
 if TYPE_CHECKING:
     from bot.client import RPBot

@@ -1,6 +1,9 @@
-"""Errors commands raise for the user to see. Not in ``cogs.errors``: discord.py executes an extension module afresh
-on every load, so classes defined there would differ between the copy the handler checks and the copy a helper
-module imported earlier (a second bot in one process, or a reload), and ``isinstance`` would quietly fail."""
+"""Errors whose message is meant for the Discord user, shown ephemerally by the handler in ``cogs.errors``.
+
+They live in this plain module, not in the ``cogs.errors`` extension: discord.py re-executes an extension module
+each time it loads (a restart in the same process, a reload), which would create new classes that ``isinstance``
+checks against the old ones (still imported by plain modules such as ``cogs._permissions``) no longer match.
+"""
 
 from __future__ import annotations
 
