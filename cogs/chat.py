@@ -110,7 +110,10 @@ class ChatCog(commands.Cog):
         self._policies: dict[int, GuildPolicy] = {}
         self._names: OrderedDict[int, str] = OrderedDict()
         self._debounce: dict[int, asyncio.Task[None]] = {}
-        self._busy: set[int] = set()  # channels where a button's regenerate/continue is being written
+        # Button actions on a channel's latest reply run one at a time; a second Regenerate/Continue while one is
+        # generating is refused, anything else waits its turn (a click right after the text shows is not lost).
+        self._button_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._generating: set[int] = set()
         # Discord events are handled in concurrent tasks; a per-channel lock taken before the first await keeps
         # a message's store, edit and delete in arrival order (a delete never overtakes its own message).
         self._store_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -368,7 +371,8 @@ class ChatCog(commands.Cog):
         mode = active.settings.reply_mode
         if mode is ReplyMode.MENTION and not self._addressed(message, active):
             return
-        if policy.nsfw_only and not channel.is_nsfw():
+        if (policy.nsfw_only or active.persona.nsfw) and not channel.is_nsfw():
+            # An NSFW persona stays silent where the channel stopped being age-restricted.
             return
         if mode is ReplyMode.ALWAYS:
             # A burst gets one reply, so the rate limit is charged when that reply is due, not per message.
@@ -940,11 +944,9 @@ class ChatCog(commands.Cog):
         active = await self.active_channel(channel)
         if active is None or active.persona.id != gen.persona_id:
             raise UserFacingError("The persona that wrote this reply is no longer active here.")
-        if channel.id in self._busy:
+        if action in ("regen", "cont") and channel.id in self._generating:
             raise UserFacingError("A reply is already being written here; wait for it to finish.")
         await interaction.response.defer()
-        if action in ("regen", "cont"):
-            self._busy.add(channel.id)
         self._spawn(self._change_reply(channel, active, gen.id, action, interaction.user))
 
     async def _change_reply(
@@ -955,10 +957,13 @@ class ChatCog(commands.Cog):
         action: str,
         user: discord.abc.User,
     ) -> None:
-        try:
-            await self._change_reply_locked(channel, active, gen_id, action, user)
-        finally:
-            self._busy.discard(channel.id)
+        async with self._button_locks[channel.id]:
+            if action in ("regen", "cont"):
+                self._generating.add(channel.id)
+            try:
+                await self._change_reply_locked(channel, active, gen_id, action, user)
+            finally:
+                self._generating.discard(channel.id)
 
     async def _change_reply_locked(
         self,
@@ -1044,7 +1049,7 @@ class ChatCog(commands.Cog):
                 if action in ("prev", "next"):
                     row.status = GenerationStatus.DONE
         posted = await writer.finish(text, reply_view(gen_id, index, len(alternatives)))
-        self._busy.discard(channel.id)  # the buttons are usable again as soon as they are shown
+        self._generating.discard(channel.id)  # Regenerate/Continue are usable again as soon as they are shown
         await self._store_reply(gen_id, active, channel, posted, writer, text)
 
     async def _delete_reply(
