@@ -8,7 +8,7 @@ import logging
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -20,12 +20,14 @@ from bot.chat.ratelimit import SlidingWindowLimiter
 from bot.generation.base import EngineError, GenerationRequest, PromptTooLong, SamplerError, SamplerParams
 from bot.generation.queue import (
     GenerationJob,
+    QueueClosed,
     QueueFull,
     RequestCancelled,
     RequestReplaced,
     RequestTimedOut,
 )
 from bot.moderation.filters import OutputFilterSet
+from bot.ops.sharding import owned_guilds
 from bot.prompt import EmptyReply, PersonaSpec, PromptBuilder, PromptError, clean_reply
 from bot.prompt.normalize import is_out_of_character
 from bot.storage import channels as channel_repo
@@ -50,6 +52,8 @@ BACKFILL_LIMIT = 50
 INTERRUPTED_SCAN = 20  # messages after a cut-off reply's trigger searched for its half-written message
 ALWAYS_MODE_DEBOUNCE = 1.5  # seconds of quiet before replying to a burst in "always" mode
 QUEUE_NOTICE_AFTER = 2.0  # seconds waiting before the queue position is shown
+SHUTDOWN_CANCEL_WAIT = 5.0  # seconds replies get to post their "interrupted" notice after the grace period
+STORE_FLUSH_WAIT = 10.0  # seconds the shutdown waits for the message store's last writes
 TYPING_AFTER = 0.3  # seconds without a first token before the typing indicator starts
 NAME_CACHE_SIZE = 10_000
 TRIGGER_TYPES = (discord.MessageType.default, discord.MessageType.reply)
@@ -109,7 +113,10 @@ class ChatCog(commands.Cog):
         self._policies: dict[int, GuildPolicy] = {}
         self._names: OrderedDict[int, str] = OrderedDict()
         self._debounce: dict[int, asyncio.Task[None]] = {}
-        self._busy: set[int] = set()  # channels where a button's regenerate/continue is being written
+        # Button actions on a channel's latest reply run one at a time; a second Regenerate/Continue while one is
+        # generating is refused, anything else waits its turn (a click right after the text shows is not lost).
+        self._button_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._generating: set[int] = set()
         # Discord events are handled in concurrent tasks; a per-channel lock taken before the first await keeps
         # a message's store, edit and delete in arrival order (a delete never overtakes its own message).
         self._store_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -127,10 +134,14 @@ class ChatCog(commands.Cog):
         self.bot.add_dynamic_items(ReplyButton)
         await self.poster.load_known_webhooks()
         async with self.bot.db.session() as session:
+            # Only this process's guilds: other shard processes on the same database may be mid-reply.
+            owned = owned_guilds(self.bot.settings)
             self._interrupted = [
-                (g.id, g.channel_id, g.trigger_message_id, g.persona_id) for g in await gen_repo.unfinished(session)
+                (g.id, g.channel_id, g.trigger_message_id, g.persona_id)
+                for g in await gen_repo.unfinished(session)
+                if owned is None or owned(g.guild_id)
             ]
-            failed = await gen_repo.fail_unfinished(session)
+            failed = await gen_repo.fail_unfinished(session, guilds=owned)
         if failed:
             log.warning("marked %d replies interrupted by the last shutdown as failed", failed)
 
@@ -141,19 +152,34 @@ class ChatCog(commands.Cog):
         await self.writer.close()
 
     async def drain(self, grace: float) -> None:
-        """Stop taking triggers, let running replies finish within ``grace`` seconds, then cancel the rest."""
+        """Stop taking triggers, let running replies finish within ``grace`` seconds, then cancel the rest.
+
+        Cancelling goes through the queue, so each reply ends on its normal path: it posts a notice and records
+        its generation as cancelled. Only a reply that cannot even do that in time is cancelled as a task.
+        Messages keep being stored meanwhile; the store is flushed last.
+        """
         self._accepting = False
         for task in self._debounce.values():
             task.cancel()
         pending = [t for t in self._tasks if not t.done()]
         if pending:
-            log.info("waiting up to %.0fs for %d replies to finish", grace, len(pending))
-            _done, still = await asyncio.wait(pending, timeout=grace)
-            for task in still:
-                task.cancel()
-            if still:
-                await asyncio.wait(still, timeout=5)
-        await self.writer.flush(within=grace)  # bounded: a database that refuses writes must not stop the shutdown
+            await self._finish_or_cancel(pending, grace)
+        # Bounded: a database that refuses writes must not hold the shutdown forever.
+        await self.writer.flush(within=STORE_FLUSH_WAIT)
+
+    async def _finish_or_cancel(self, pending: list[asyncio.Task[Any]], grace: float) -> None:
+        log.info("waiting up to %gs for %d replies to finish", grace, len(pending))
+        _done, still = await asyncio.wait(pending, timeout=grace) if grace > 0 else (set(), set(pending))
+        if not still:
+            return
+        log.info("cancelling %d replies that did not finish within %gs", len(still), grace)
+        if self.bot.queue is not None:
+            await self.bot.queue.close()
+        _done, stuck = await asyncio.wait(still, timeout=SHUTDOWN_CANCEL_WAIT)
+        for task in stuck:
+            task.cancel()
+        if stuck:
+            await asyncio.wait(stuck, timeout=SHUTDOWN_CANCEL_WAIT)
 
     def _spawn(self, coro: Any, *, channel_id: int | None = None) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -211,18 +237,16 @@ class ChatCog(commands.Cog):
         cached = self._policies.get(guild_id)
         if cached is not None:
             return cached
+        # Reads only (a guild nobody configured has no row: the defaults apply), so reading the policy never waits
+        # on, or fails with, another writer's lock.
         async with self.bot.db.session() as session:
-            g = await guild_repo.get_guild(session, guild_id)
+            g = await guild_repo.find_guild(session, guild_id)
             blocked = {b.user_id for b in await mod_repo.blocked_users(session, guild_id)}
             filters = [(f.pattern, f.is_regex) for f in await mod_repo.list_filters(session, guild_id)]
-            policy = GuildPolicy(
-                paused=g.paused,
-                nsfw_only=g.nsfw_only,
-                ratelimit_count=g.ratelimit_count,
-                ratelimit_seconds=g.ratelimit_seconds,
-                blocked=blocked,
-                filters=OutputFilterSet.from_rows(filters),
-            )
+            policy = GuildPolicy(blocked=blocked, filters=OutputFilterSet.from_rows(filters))
+            if g is not None:
+                policy.paused, policy.nsfw_only = g.paused, g.nsfw_only
+                policy.ratelimit_count, policy.ratelimit_seconds = g.ratelimit_count, g.ratelimit_seconds
         self._policies[guild_id] = policy
         return policy
 
@@ -335,12 +359,31 @@ class ChatCog(commands.Cog):
             async with self.bot.db.session() as session:
                 known = await msg_repo.existing_ids(session, [r.id for r in records])
             records = sorted((r for r in records if r.id not in known), key=lambda r: r.id)
+        records = await self._storable(channel.guild.id, records)
         self._save(records)
         return len(records)
 
+    async def _storable(self, guild_id: int, records: list[MessageRecord]) -> list[MessageRecord]:
+        """Leave out of a backfill what moderation removed or excludes: messages of users who asked to be forgotten
+        (sent before they asked; Discord still has them), of blocked users, and older than the retention period."""
+        if not records:
+            return records
+        policy = await self.policy(guild_id)
+        days = self.bot.settings.message_retention_days
+        cutoff = datetime.now(UTC) - timedelta(days=days) if days > 0 else None
+        async with self.bot.db.session() as session:
+            forgotten = await mod_repo.forget_requests(session, guild_id, {r.author_id for r in records})
+        return [
+            r
+            for r in records
+            if r.author_id not in policy.blocked
+            and (cutoff is None or r.created_at >= cutoff)
+            and not (r.author_id in forgotten and r.created_at <= forgotten[r.author_id])
+        ]
+
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.guild is None or not self._accepting:
+        if message.guild is None:
             return  # DMs have no personas
         if message.author.id == self.bot.user.id or self.poster.is_own_webhook(message.webhook_id):
             return
@@ -353,12 +396,23 @@ class ChatCog(commands.Cog):
             active = await self.active_channel(channel)
             if active is None:
                 return
+            try:
+                if message.author.id in (await self.policy(active.guild_id)).blocked:
+                    return  # ignored entirely: a blocked user's words never reach a prompt either
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                # The database cannot even be read: keep the message (the store writer retries), answer nothing.
+                log.warning("message %s kept unanswered: the database is unavailable (%s)", message.id, exc)
+                self._save([self._record(message, self._kind_of(message))])
+                return
             kind = self._kind_of(message)
             self._remember_name(message.author.id, message.author.display_name)
             for user in message.mentions:
                 self._remember_name(user.id, user.display_name)
             self._save([self._record(message, kind)])
-        if kind is MessageKind.HUMAN:
+        # While shutting down messages are still stored (nothing said is lost) but trigger nothing.
+        if kind is MessageKind.HUMAN and self._accepting:
             try:
                 await self._maybe_reply(message, channel, active)
             except Exception as exc:
@@ -378,19 +432,26 @@ class ChatCog(commands.Cog):
         mode = active.settings.reply_mode
         if mode is ReplyMode.MENTION and not self._addressed(message, active):
             return
-        if policy.nsfw_only and not channel.is_nsfw():
-            return
-        if not self.limiter.hit(active.guild_id, message.author.id, policy.ratelimit_count, policy.ratelimit_seconds):
-            with contextlib.suppress(discord.HTTPException):
-                await message.add_reaction("⏰")
+        if (policy.nsfw_only or active.persona.nsfw) and not channel.is_nsfw():
+            # An NSFW persona stays silent where the channel stopped being age-restricted.
             return
         if mode is ReplyMode.ALWAYS:
+            # A burst gets one reply, so the rate limit is charged when that reply is due, not per message.
             old = self._debounce.pop(channel.id, None)
             if old is not None:
                 old.cancel()
             self._debounce[channel.id] = self._spawn(self._debounced(channel, message))
-        else:
+        elif await self._within_rate_limit(message, active.guild_id):
             self._spawn(self.reply_to(channel, message))
+
+    async def _within_rate_limit(self, message: discord.Message, guild_id: int) -> bool:
+        """Count a reply to ``message`` against its author's limit; over it, react with a clock instead."""
+        policy = await self.policy(guild_id)
+        if self.limiter.hit(guild_id, message.author.id, policy.ratelimit_count, policy.ratelimit_seconds):
+            return True
+        with contextlib.suppress(discord.HTTPException):
+            await message.add_reaction("⏰")
+        return False
 
     def _addressed(self, message: discord.Message, active: ActiveChannel) -> bool:
         if self.bot.user in message.mentions:
@@ -410,7 +471,8 @@ class ChatCog(commands.Cog):
         await asyncio.sleep(ALWAYS_MODE_DEBOUNCE)
         if self._debounce.get(channel.id) is asyncio.current_task():
             del self._debounce[channel.id]
-        await self.reply_to(channel, message)
+        if await self._within_rate_limit(message, channel.guild.id):
+            await self.reply_to(channel, message)
 
     @commands.Cog.listener()
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
@@ -496,6 +558,15 @@ class ChatCog(commands.Cog):
         async with self.bot.db.session() as session:
             count = await msg_repo.forget_user(session, user_id, guild_id)
         self.history.drop()
+        return count
+
+    async def purge_older_than(self, cutoff: datetime) -> int:
+        """Delete stored messages older than ``cutoff`` (retention); later prompts no longer hold them."""
+        await self.writer.flush()
+        async with self.bot.db.session() as session:
+            count = await msg_repo.purge_older_than(session, cutoff)
+        if count:
+            self.history.drop()
         return count
 
     def _sampler(self, active: ActiveChannel) -> tuple[SamplerParams, int]:
@@ -612,6 +683,8 @@ class ChatCog(commands.Cog):
         The generation row's new fields go into ``fields_out`` for the caller to write with the rest (one write
         per reply); without it they are written here."""
         policy = await self.policy(active.guild_id)
+        replies = self.bot.metrics.replies
+        started = time.monotonic()
         last_error = ""
         for attempt in range(2):
             try:
@@ -630,20 +703,40 @@ class ChatCog(commands.Cog):
                     await self._update_generation(await gen.get(), **fields)
                 else:
                     fields_out.update(fields)
+                replies.labels(outcome="ok").inc()
+                self.bot.metrics.generation_seconds.observe(time.monotonic() - started)
                 return text
             except (EmptyReply, FilteredOutput) as exc:
                 last_error = "filtered" if isinstance(exc, FilteredOutput) else "empty"
                 log.info("reply attempt %d in channel %s was %s; retrying", attempt + 1, channel.id, last_error)
                 continue
-            except (RequestReplaced, RequestCancelled) as exc:
+            except (RequestReplaced, RequestCancelled, QueueClosed) as exc:
+                replies.labels(outcome="cancelled").inc()
                 status = GenerationStatus.CANCELLED
-                await self._finish_generation(await gen.get(), status, reason=type(exc).__name__)
-                if isinstance(exc, RequestCancelled) and writer.posted_any:
+                gen_id = await gen.get()
+                await self._finish_generation(gen_id, status, reason=type(exc).__name__)
+                if isinstance(exc, RequestCancelled | QueueClosed) and not self._accepting:
+                    # Shutting down: say so where the reply was, and offer to try again after the restart.
+                    name = active.persona.nickname or active.persona.name
+                    notice = f"*({name} was interrupted because the bot is restarting. Press Try again.)*"
+                    try:
+                        await writer.finish(notice, retry_view(gen_id))
+                    except discord.HTTPException as send_exc:
+                        log.warning("could not post the restart notice in channel %s: %s", channel.id, send_exc)
+                elif isinstance(exc, RequestCancelled) and writer.posted_any:
                     await writer.delete_all()
                 return None
+            except asyncio.CancelledError:
+                # Cancelled as a task (shutdown ran out of time): still leave the store consistent.
+                replies.labels(outcome="cancelled").inc()
+                cancelled = self._finish_generation(await asyncio.shield(gen.get()), GenerationStatus.CANCELLED)
+                await asyncio.shield(cancelled)
+                raise
             except Exception as exc:  # every other failure becomes a notice, never a traceback
+                replies.labels(outcome="failed").inc()
                 await self._fail(channel, active, await gen.get(), writer, exc)
                 return None
+        replies.labels(outcome=last_error).inc()
         notice = (
             "*(This reply was withheld by this server's output filters.)*"
             if last_error == "filtered"
@@ -684,7 +777,7 @@ class ChatCog(commands.Cog):
             conversation=channel.id,
             max_new_tokens=max_new,
         )
-        participants = sorted({m.author_name for m in history if m.kind is not MessageKind.PERSONA} | {user_name})
+        participants = list(built.participants) or [user_name]
         request = GenerationRequest(prompt=built.text, params=params, stop=built.stop, max_new_tokens=max_new)
         job = GenerationJob(
             request=request,
@@ -694,6 +787,10 @@ class ChatCog(commands.Cog):
             trigger_message_id=trigger_id,
             label=f"{persona.name} in #{getattr(channel, 'name', channel.id)}",
         )
+        # Checked again right before submitting (no await in between): /admin pause cancels what is queued, and a
+        # reply that was being prepared meanwhile must not slip in after it.
+        if (await self.policy(active.guild_id)).paused:
+            raise RequestCancelled("personas are paused in this server")
         req = queue.submit(job)
         prefix = continue_text or ""
         raw = ""
@@ -940,16 +1037,24 @@ class ChatCog(commands.Cog):
             raise UserFacingError("Personas are paused in this server.")
         if interaction.user.id in policy.blocked:
             raise UserFacingError("You cannot use personas in this server.")
+        if policy.nsfw_only and not channel.is_nsfw():
+            raise UserFacingError(
+                "Personas reply only in age-restricted channels in this server (an admin can change that with "
+                "/admin nsfw-only)."
+            )
+        if action in ("prev", "next") and policy.filters:
+            # A stored swipe was checked against the filters of its time; an admin may have added one since.
+            target = gen.selected_index + (1 if action == "next" else -1)
+            if 0 <= target < len(gen.alternatives) and policy.filters.first_hit(gen.alternatives[target]):
+                raise UserFacingError("That version of the reply is withheld by this server's output filters.")
         if latest is None or latest.id != gen.id:
             raise UserFacingError("Only the latest reply can be changed.")
         active = await self.active_channel(channel)
         if active is None or active.persona.id != gen.persona_id:
             raise UserFacingError("The persona that wrote this reply is no longer active here.")
-        if channel.id in self._busy:
+        if action in ("regen", "cont") and channel.id in self._generating:
             raise UserFacingError("A reply is already being written here; wait for it to finish.")
         await interaction.response.defer()
-        if action in ("regen", "cont"):
-            self._busy.add(channel.id)
         self._spawn(self._change_reply(channel, active, gen.id, action, interaction.user))
 
     async def _change_reply(
@@ -960,10 +1065,13 @@ class ChatCog(commands.Cog):
         action: str,
         user: discord.abc.User,
     ) -> None:
-        try:
-            await self._change_reply_locked(channel, active, gen_id, action, user)
-        finally:
-            self._busy.discard(channel.id)
+        async with self._button_locks[channel.id]:
+            if action in ("regen", "cont"):
+                self._generating.add(channel.id)
+            try:
+                await self._change_reply_locked(channel, active, gen_id, action, user)
+            finally:
+                self._generating.discard(channel.id)
 
     async def _change_reply_locked(
         self,
@@ -1049,7 +1157,7 @@ class ChatCog(commands.Cog):
                 if action in ("prev", "next"):
                     row.status = GenerationStatus.DONE
         posted = await writer.finish(text, reply_view(gen_id, index, len(alternatives)))
-        self._busy.discard(channel.id)  # the buttons are usable again as soon as they are shown
+        self._generating.discard(channel.id)  # Regenerate/Continue are usable again as soon as they are shown
         await self._store_reply(gen_id, active, channel, posted, writer, text)
 
     async def _delete_reply(

@@ -93,23 +93,32 @@ async def test_a_lock_held_past_the_busy_timeout_loses_nothing(
     assert integrity_check(_db_file(w.bot)) == "ok"
 
 
-async def test_a_lock_before_the_guild_is_known_stores_and_skips_the_trigger(
+async def test_a_lock_on_a_guild_never_configured_still_lets_the_bot_answer(
     emulator: DiscordEmulator, run_bot, error_log_guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The guild has no settings row yet. Deciding whether to answer only reads (the defaults apply), and reads go on
+    beside another writer's lock: the trigger is answered; only the reply's record waits."""
     error_log_guard.allow("database is locked")
     monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_MS", 100)
-    w = await make_world(emulator, run_bot, replies="Back in.")
+    w = await make_world(emulator, run_bot, replies="Still here.")
     lock = asyncio.create_task(_hold_write_lock(_db_file(w.bot), 1.5))
     await asyncio.sleep(0.1)
-    # The guild's settings row does not exist yet, so even deciding whether to answer needs a write: refused, and
-    # said in the log; the message itself is kept for the store.
     asked = await emulator.user_message(w.channel, w.alice, "Seraphina, are you there?")
+    first = await emulator.wait_until(
+        lambda: next((p for p in persona_messages(emulator, w.channel) if p.content == "Still here."), None),
+        "the reply during the lock",
+    )
     await lock
     await emulator.user_message(w.channel, w.alice, "Seraphina, and now?")
-    await replied(emulator, w.channel, "Back in.", timeout=10)
+    second = await replied(emulator, w.channel, "Still here.", timeout=10)
+    assert second.id != first.id and not first.components  # the first has no record, so no buttons
     [gen] = await settled(w.bot)
-    assert gen.status is GenerationStatus.DONE and len(persona_messages(emulator, w.channel)) == 1
-    assert asked.id in {r.id for r in await stored(w.bot, w.channel.id)}
+    assert gen.status is GenerationStatus.DONE
+
+    async def all_stored() -> bool:
+        return {asked.id, first.id} <= {r.id for r in await stored(w.bot, w.channel.id)}
+
+    await eventually(all_stored, "the trigger and its reply from the lock in the store", timeout=10)
     await assert_store_matches_discord(emulator, w.bot, w.channel)
 
 

@@ -24,8 +24,8 @@ from bot.storage.models import MessageKind
 from tests.reliability.helpers import integrity_check
 
 
-def _record(mid: int, content: str = "x", persona_id: int | None = None) -> MessageRecord:
-    return MessageRecord(mid, 1, 1, 7, "Alice", MessageKind.HUMAN, content, datetime.now(UTC), persona_id=persona_id)
+def _record(mid: int, content: str = "x") -> MessageRecord:
+    return MessageRecord(mid, 1, 1, 7, "Alice", MessageKind.HUMAN, content, datetime.now(UTC))
 
 
 @pytest.fixture
@@ -71,8 +71,8 @@ async def test_refused_writes_are_kept_and_land_in_order(db: Database, caplog: p
 
 async def test_a_change_the_database_refuses_is_dropped_alone(db: Database, caplog: pytest.LogCaptureFixture) -> None:
     writer = StoreWriter(db)
-    # Persona 999 does not exist: the foreign key refuses that one message, and only it.
-    writer.save([_record(1, "kept"), _record(2, "orphan", persona_id=999), _record(3, "kept too")])
+    # A message without any text breaks the NOT NULL constraint: the database refuses that one, and only it.
+    writer.save([_record(1, "kept"), _record(2, None), _record(3, "kept too")])  # type: ignore[arg-type]
     writer.edit(1, "kept, edited", None)
     with caplog.at_level(logging.ERROR):
         assert await writer.flush(within=10)
