@@ -403,7 +403,8 @@ class ChatCog(commands.Cog):
                 if not is_unavailable(exc):
                     raise
                 # The database cannot even be read: keep the message (the store writer retries), answer nothing.
-                log.warning("message %s kept unanswered: the database is unavailable (%s)", message.id, exc)
+                reason = describe_error(exc)
+                log.warning("message %s kept unanswered: the database is unavailable (%s)", message.id, reason)
                 self._save([self._record(message, self._kind_of(message))])
                 return
             kind = self._kind_of(message)
