@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from bot.client import EXTENSIONS
 from bot.storage import channels as channel_repo
+from bot.storage import guilds as guild_repo
 from bot.storage import personas as persona_repo
 from bot.storage.models import AuditEntry, BlockedUser, GuildSettings, OutputFilter, Persona
 from tests.discord_emulator import DiscordEmulator, Upload
@@ -129,6 +130,7 @@ async def test_members_are_refused_every_command_above_their_rank(
             alternate_greetings=["Hello again.", "Back so soon?"],
         )
         await channel_repo.set_active_persona(session, guild.id, channel.id, persona.id)
+        await guild_repo.get_guild(session, guild.id)  # its settings row, as any use of the bot creates it
     bot._test_channel_id = channel.id
     await emulator.user_message(channel, alice, "Seraphina, hello")
     reply = await replied(emulator, channel, "A reply.")
