@@ -95,6 +95,21 @@ async def assert_store_matches_discord(emu: DiscordEmulator, bot: Any, channel: 
         assert not await gen_repo.unfinished(session)
 
 
+def command_leaves(command: Any) -> list[tuple[str, tuple[str, ...], list[dict[str, Any]]]]:
+    """(display name, subcommand path, options) for every runnable (sub)command of a synced chat command."""
+    out = []
+
+    def walk(path: tuple[str, ...], options: list[dict[str, Any]]) -> None:
+        nested = [o for o in options if o.get("type") in (1, 2)]  # sub-command, sub-command group
+        if not nested:
+            out.append((" ".join((command.name, *path)), path, options))
+        for option in nested:
+            walk((*path, option["name"]), list(option.get("options") or []))
+
+    walk((), command.options)
+    return out
+
+
 def integrity_check(path: Path) -> str:
     """SQLite's own verdict on the database file ("ok" when intact)."""
     with sqlite3.connect(path) as conn:

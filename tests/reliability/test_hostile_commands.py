@@ -19,7 +19,7 @@ from bot.client import EXTENSIONS
 from bot.prompt.sanitize import count_markers
 from bot.storage import guilds as guild_repo
 from tests.discord_emulator import DiscordEmulator, Upload
-from tests.reliability.test_permission_abuse import _leaves
+from tests.reliability.helpers import command_leaves
 from tests.support.scripted_engine import ScriptedEngine
 
 PIECES = [
@@ -94,7 +94,7 @@ async def test_every_command_with_hostile_options_at_their_maximum(emulator: Dis
     leaves = []
     for command in emulator.all_commands():
         if command.type == 1:
-            leaves += [(name, command.name, path, options) for name, path, options in _leaves(command)]
+            leaves += [(name, command.name, path, options) for name, path, options in command_leaves(command)]
     leaves.sort(key=lambda leaf: ORDER.get(leaf[0], 50))
     answered: dict[str, list[str]] = {}
     for name, top, path, options in leaves:

@@ -22,7 +22,7 @@ from bot.storage import personas as persona_repo
 from bot.storage.models import AuditEntry, BlockedUser, GuildSettings, OutputFilter, Persona
 from tests.discord_emulator import DiscordEmulator, Upload
 from tests.discord_emulator import models as m
-from tests.reliability.helpers import replied
+from tests.reliability.helpers import command_leaves, replied
 from tests.support.scripted_engine import ScriptedEngine
 
 # Commands (and option sets) every member may use; anything synced and not listed here must refuse a normal member.
@@ -37,23 +37,8 @@ EVERYONE = {
 }
 REFUSAL = ("You need the", "You cannot use")
 
-CHAT_INPUT, SUB_COMMAND, SUB_COMMAND_GROUP = 1, 1, 2
+CHAT_INPUT = 1
 STRING, INTEGER, BOOLEAN, USER, CHANNEL, ROLE, MENTIONABLE, NUMBER, ATTACHMENT = 3, 4, 5, 6, 7, 8, 9, 10, 11
-
-
-def _leaves(command: Any) -> list[tuple[str, tuple[str, ...], list[dict[str, Any]]]]:
-    """(display name, subcommand path, options) for every runnable (sub)command of a synced chat command."""
-    out = []
-
-    def walk(path: tuple[str, ...], options: list[dict[str, Any]]) -> None:
-        nested = [o for o in options if o.get("type") in (SUB_COMMAND, SUB_COMMAND_GROUP)]
-        if not nested:
-            out.append((" ".join((command.name, *path)), path, options))
-        for option in nested:
-            walk((*path, option["name"]), list(option.get("options") or []))
-
-    walk((), command.options)
-    return out
 
 
 def _value(option: dict[str, Any], world: dict[str, Any]) -> Any:
@@ -151,7 +136,7 @@ async def test_members_are_refused_every_command_above_their_rank(
                 tried.append(command.name)
             continue
         assert command.type == CHAT_INPUT, f"a new kind of command: {command.data}"
-        for name, path, options in _leaves(command):
+        for name, path, options in command_leaves(command):
             values = {o["name"]: _value(o, world) for o in options}
             if not _refused_to(command, name, values, permissions):
                 continue
