@@ -44,6 +44,14 @@ class BotProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def errors(self) -> list[str]:
+        """ERROR and CRITICAL lines, and tracebacks, in the bot's log."""
+        return [
+            line
+            for line in self.log().splitlines()
+            if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")
+        ]
+
     def rss_kib(self) -> tuple[int, int]:
         """(current, peak) resident memory of the process in KiB, from /proc."""
         fields = {}

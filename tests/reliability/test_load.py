@@ -151,6 +151,7 @@ async def test_200_busy_channels_every_trigger_answered_once(
         assert {s for _, s in gens} == {GenerationStatus.DONE}
         assert await bot.stop() == 0
         assert integrity_check(path) == "ok"
+        assert not bot.errors(), bot.errors()[:10]  # e.g. no "database is locked" among 200 channels' writes
     finally:
         if bot.process.returncode is None:
             await bot.kill()

@@ -90,6 +90,7 @@ async def test_sigkill_mid_reply_then_restart(emulator: DiscordEmulator, tmp_pat
         )
         assert await bot.stop() == 0
         assert integrity_check(path) == "ok"
+        assert not bot.errors(), bot.errors()[:10]  # the restarted process: a clean start, a clean stop
         async with db.session() as session:
             statuses = [g.status for g in (await session.scalars(select(Generation))).all()]
         assert statuses == [GenerationStatus.FAILED, GenerationStatus.DONE]
