@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
-from discord.ext import commands, tasks
+from discord.ext import tasks
 
 from bot.moderation.filters import MAX_FILTERS_PER_GUILD, FilterError, compile_filter
 from bot.storage import generations as gen_repo
@@ -17,12 +17,12 @@ from bot.storage import guilds as guild_repo
 from bot.storage import messages as msg_repo
 from bot.storage import moderation as mod_repo
 from bot.storage.models import Persona
+from cogs._group_cog import GroupCog
 from cogs._permissions import has_manage_guild, is_moderator, require_manage_guild
 from cogs._user_errors import CommandError, NotPermitted
 
 if TYPE_CHECKING:
     from bot.client import RPBot
-    from cogs.chat import ChatCog
 
 log = logging.getLogger(__name__)
 
@@ -356,9 +356,9 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
         await interaction.response.send_message(text, ephemeral=True)
 
 
-class AdminCog(commands.Cog):
+class AdminCog(GroupCog):
     def __init__(self, bot: RPBot) -> None:
-        self.bot = bot
+        super().__init__(bot)
         self.group = AdminGroup(self)
         # Discord reads ``contexts`` (dm_permission, which guild_only sets, is deprecated), so pass both.
         self.reply_info_menu = app_commands.ContextMenu(
@@ -367,18 +367,14 @@ class AdminCog(commands.Cog):
         self.reply_info_menu.guild_only = True
         self.reply_info_menu.default_permissions = MANAGE_MESSAGES
 
-    @property
-    def chat(self) -> ChatCog | None:
-        return self.bot.get_cog("ChatCog")  # type: ignore[return-value]
-
     async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.group)
+        await super().cog_load()
         self.bot.tree.add_command(self.reply_info_menu)
         if self.bot.settings.message_retention_days > 0:
             self.retention.start()
 
     async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.group.name)
+        await super().cog_unload()
         self.bot.tree.remove_command(self.reply_info_menu.name, type=self.reply_info_menu.type)
         self.retention.cancel()
 

@@ -1115,41 +1115,27 @@ class ChatCog(commands.Cog):
             first_reply_id = gen.reply_message_id
             before = first_reply_id if first_reply_id else None
             user_name = getattr(user, "display_name", user.name)
+            if action == "cont" and not alternatives:
+                return
+            produced = await self._produce(
+                channel,
+                active,
+                GenRef(gen_id),
+                writer,
+                user_name=user_name,
+                trigger_id=gen.trigger_message_id,
+                user_id=user.id,
+                before_id=before,
+                continue_text=alternatives[index] if action == "cont" else None,
+            )
+            if produced is None:
+                return
             if action == "cont":
-                if not alternatives:
-                    return
-                current = alternatives[index]
-                produced = await self._produce(
-                    channel,
-                    active,
-                    GenRef(gen_id),
-                    writer,
-                    user_name=user_name,
-                    trigger_id=gen.trigger_message_id,
-                    user_id=user.id,
-                    before_id=before,
-                    continue_text=current,
-                )
-                if produced is None:
-                    return
                 alternatives[index] = produced
-                text = produced
             else:
-                produced = await self._produce(
-                    channel,
-                    active,
-                    GenRef(gen_id),
-                    writer,
-                    user_name=user_name,
-                    trigger_id=gen.trigger_message_id,
-                    user_id=user.id,
-                    before_id=before,
-                )
-                if produced is None:
-                    return
                 alternatives.append(produced)
                 index = len(alternatives) - 1
-                text = produced
+            text = produced
         async with self.bot.db.session() as session:
             row = await gen_repo.get_generation(session, gen_id)
             if row is not None:

@@ -8,19 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.generation.base import SAMPLER_RANGES, SamplerError, SamplerParams
 from bot.prompt import BuiltPrompt, PersonaSpec
 from bot.storage import channels as channel_repo
 from bot.storage import moderation as mod_repo
 from bot.storage.models import ChannelSettings, Persona, ReplyMode
+from cogs._group_cog import GroupCog
 from cogs._permissions import require_persona_manager
 from cogs.errors import CommandError
 
 if TYPE_CHECKING:
     from bot.client import RPBot
-    from cogs.chat import ChatCog
 
 log = logging.getLogger(__name__)
 
@@ -233,20 +232,10 @@ def _preview(text: str, limit: int = 150) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class ChatSettingsCog(commands.Cog):
+class ChatSettingsCog(GroupCog):
     def __init__(self, bot: RPBot) -> None:
-        self.bot = bot
+        super().__init__(bot)
         self.group = ChatGroup(self)
-
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.group)
-
-    async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.group.name)
-
-    @property
-    def chat(self) -> ChatCog | None:
-        return self.bot.get_cog("ChatCog")  # type: ignore[return-value]
 
     def changed(self, channel_id: int) -> None:
         if self.chat is not None:

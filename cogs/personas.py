@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.avatars import AvatarError, normalize_avatar
 from bot.cards import CardError, card_to_persona_fields, export_json, export_png, parse_card, persona_to_card
@@ -20,12 +19,12 @@ from bot.storage import guilds as guild_repo
 from bot.storage import moderation as mod_repo
 from bot.storage import personas as persona_repo
 from bot.storage.models import PERSONA_NAME_MAX, Persona
+from cogs._group_cog import GroupCog
 from cogs._permissions import require_persona_manager
 from cogs.errors import CommandError, on_app_command_error
 
 if TYPE_CHECKING:
     from bot.client import RPBot
-    from cogs.chat import ChatCog
 
 log = logging.getLogger(__name__)
 
@@ -480,20 +479,10 @@ def _filename(name: str) -> str:
     return safe[:60] or "persona"
 
 
-class PersonaCog(commands.Cog):
+class PersonaCog(GroupCog):
     def __init__(self, bot: RPBot) -> None:
-        self.bot = bot
+        super().__init__(bot)
         self.group = PersonaGroup(self)
-
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.group)
-
-    async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.group.name)
-
-    @property
-    def chat(self) -> ChatCog | None:
-        return self.bot.get_cog("ChatCog")  # type: ignore[return-value]
 
     async def changed(self, persona_id: int, *, avatar: bool = False) -> None:
         """Tell the chat a persona changed; ``avatar``: its picture changed, or it is gone (ids can be reused)."""
