@@ -139,11 +139,24 @@ async def _serve(settings: Settings, token: str) -> int:
     db = Database(settings.database_url)
     bot = RPBot(settings, db, freeze_gc=True)
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stopping:
+            log.info("%s again: already shutting down", sig.name)
+            return
+        log.info("%s received: finishing running replies (up to %gs)", sig.name, settings.shutdown_grace_seconds)
+        stopping.append(asyncio.create_task(bot.close(), name="rpbot-shutdown"))
+
+    handled: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            handled.append(sig)
+        except NotImplementedError:  # Windows event loops: Ctrl-C still stops the bot, without the grace period
+            pass
     try:
-        async with bot:
-            await bot.start(token)
+        await bot.start(token)
     except discord.LoginFailure:
         print(
             "rpbot: Discord refused RPBOT_DISCORD_TOKEN: copy the bot token again from the developer portal",
@@ -154,8 +167,11 @@ async def _serve(settings: Settings, token: str) -> int:
         print(f"rpbot: the engine could not start: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        if not bot.is_closed():
-            await bot.close()
+        # start() returns as soon as the gateway closes; the shutdown goes on (queue, engine, database) and must
+        # finish before the event loop does, or asyncio.run would cancel it halfway.
+        await bot.close()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
     return 0
 
 

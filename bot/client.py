@@ -95,6 +95,7 @@ class RPBot(commands.AutoShardedBot):
         self.identify_delay = identify_delay
         self.start_generation = start_generation
         self.shutting_down = asyncio.Event()
+        self._shutdown: asyncio.Future[None] | None = None
         self.metrics = BotMetrics()
         self.freeze_gc = freeze_gc
 
@@ -151,15 +152,24 @@ class RPBot(commands.AutoShardedBot):
             await asyncio.sleep(self.identify_delay)
 
     async def close(self) -> None:
-        if self.shutting_down.is_set():
-            return await super().close()
+        """Shut down gracefully: stop triggers, let cogs drain, then close Discord, the queue, the engine and the DB.
+
+        Every caller (a signal, discord.py itself, tests) waits for the same single shutdown, so nothing is closed
+        twice and nobody returns while the store is still being written.
+        """
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(self._shutdown)
+
+    async def _shut_down(self) -> None:
         self.shutting_down.set()
         log.info("shutting down")
+        grace = self.settings.shutdown_grace_seconds
         for cog in list(self.cogs.values()):
             drain = getattr(cog, "drain", None)
             if drain is not None:
                 try:
-                    await drain(self.settings.shutdown_grace_seconds)
+                    await drain(grace)
                 except Exception:
                     log.exception("error while draining %s", type(cog).__name__)
         await super().close()
@@ -171,3 +181,4 @@ class RPBot(commands.AutoShardedBot):
             except Exception:
                 log.exception("error while closing the engine")
         await self.db.close()
+        log.info("shut down cleanly")

@@ -93,7 +93,6 @@ class Settings(BaseSettings):
     llamacpp_gpu_layers: int = Field(0, ge=-1)
 
     # Discord behaviour.
-    allow_dms: bool = False
     message_retention_days: int = Field(0, ge=0)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
     stream_edit_interval: float = Field(1.0, ge=0.2)

@@ -16,7 +16,7 @@ from typing import TextIO
 from bot.config import ConfigError, Settings
 from bot.generation.base import EngineError, GenerationRequest, SamplerParams
 from bot.generation.queue import GenerationJob, GenerationQueue, RequestError
-from bot.prompt import ChatMessage, EmptyReply, PersonaSpec, PromptBuilder, PromptError, clean_reply
+from bot.prompt import ChatMessage, EmptyReply, PersonaSpec, PromptBuilder, PromptError, clean_reply, expand_macros
 from bot.storage.models import MessageKind
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ class TerminalSession:
     def reset(self) -> None:
         self.history.clear()
         if self.persona.greeting.strip():
-            self.add(MessageKind.PERSONA, self.persona.greeting)
+            greeting = expand_macros(self.persona.greeting, char=self.persona.display_name, user=self.user_name)
+            self.add(MessageKind.PERSONA, greeting)
 
 
 def load_persona(settings: Settings, *, card: str | None, persona: str | None, guild: int | None) -> PersonaSpec:
@@ -118,7 +119,7 @@ async def reply_once(
         async for chunk in req.chunks():
             raw += chunk
             try:
-                visible = clean_reply(raw, name, [session.user_name])
+                visible = clean_reply(raw, name, built.participants or [session.user_name])
             except EmptyReply:
                 continue
             if visible.startswith(shown):
@@ -127,7 +128,7 @@ async def reply_once(
                 shown = visible
         result = await req.wait()
         try:
-            text = clean_reply(result.text, name, [session.user_name])
+            text = clean_reply(result.text, name, built.participants or [session.user_name])
         except EmptyReply:
             out.write("(empty reply, trying again)\n")
             continue

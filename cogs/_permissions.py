@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.storage import guilds as guild_repo
-from cogs.errors import NotPermitted
+from cogs._user_errors import NotPermitted
 
 if TYPE_CHECKING:
     from bot.client import RPBot
@@ -35,10 +35,14 @@ async def require_persona_manager(interaction: discord.Interaction) -> discord.M
     raise NotPermitted("You need the Manage Channels permission (or the server's persona manager role) for that.")
 
 
+def has_manage_guild(interaction: discord.Interaction) -> bool:
+    perms = interaction.permissions
+    return interaction.guild is not None and (perms.manage_guild or perms.administrator)
+
+
 def require_manage_guild(interaction: discord.Interaction) -> discord.Member:
     member = _member(interaction)
-    perms = interaction.permissions
-    if perms.manage_guild or perms.administrator:
+    if has_manage_guild(interaction):
         return member
     raise NotPermitted("You need the Manage Server permission for that.")
 

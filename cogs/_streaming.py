@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import time
 
@@ -95,6 +97,10 @@ class ReplyWriter:
                 self.channel, self.speaker, text, view=view if isinstance(view, discord.ui.View) else None
             )
             self._texts[index] = text
+            # A deleted webhook leaves its messages behind: remove the stale copy where the bot may (Manage
+            # Messages), so the text does not show twice.
+            with contextlib.suppress(discord.HTTPException):
+                await self.poster.delete(self.channel, dataclasses.replace(posted, via_webhook=False))
 
     async def delete_all(self) -> None:
         for posted in self.parts:

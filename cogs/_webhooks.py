@@ -76,6 +76,15 @@ class PersonaPoster:
                 if row.webhook_id is not None:
                     self.own_webhook_ids.add(row.webhook_id)
 
+    async def forget_persona(self, persona_id: int) -> None:
+        """The persona's avatar changed, or it was deleted and its id may be reused: webhooks dressed as it are
+        dressed again before it next speaks."""
+        for hook_id, dressed_as in list(self._webhook_persona.items()):
+            if dressed_as == persona_id:
+                self._webhook_persona[hook_id] = None
+        async with self.bot.db.session() as session:
+            await channel_repo.forget_webhook_persona(session, persona_id)
+
     def is_own_webhook(self, webhook_id: int | None) -> bool:
         return webhook_id is not None and webhook_id in self.own_webhook_ids
 

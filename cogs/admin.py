@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
-from discord.ext import commands, tasks
+from discord.ext import tasks
 
 from bot.moderation.filters import MAX_FILTERS_PER_GUILD, FilterError, compile_filter
 from bot.storage import generations as gen_repo
@@ -17,12 +17,12 @@ from bot.storage import guilds as guild_repo
 from bot.storage import messages as msg_repo
 from bot.storage import moderation as mod_repo
 from bot.storage.models import Persona
-from cogs._permissions import is_moderator, require_manage_guild
-from cogs.errors import CommandError, NotPermitted
+from cogs._group_cog import GroupCog
+from cogs._permissions import has_manage_guild, is_moderator, require_manage_guild
+from cogs._user_errors import CommandError, NotPermitted
 
 if TYPE_CHECKING:
     from bot.client import RPBot
-    from cogs.chat import ChatCog
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ NO_MENTIONS = discord.AllowedMentions.none()
 RETENTION_CHECK_HOURS = 1.0
 MAX_RATELIMIT_COUNT = 1000
 MAX_RATELIMIT_SECONDS = 86_400
+MESSAGE_MAX = 2000  # Discord's limit on a message's content
+CHOICE_VALUE_MAX = 100  # Discord's limit on an autocomplete choice's value
 
 
 def _fmt_time(when: datetime | None) -> str:
@@ -40,6 +42,38 @@ def _fmt_time(when: datetime | None) -> str:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return discord.utils.format_dt(when, "f")
+
+
+def _listing(title: str, lines: list[str]) -> str:
+    """A bold title and as many whole lines as fit in one message, then how many were left out."""
+    reserve = len(f"\n…and {len(lines)} more")
+    shown: list[str] = []
+    size = len(title) + 4
+    for line in lines:
+        if size + 1 + len(line) + reserve > MESSAGE_MAX:
+            break
+        shown.append(line)
+        size += 1 + len(line)
+    text = "\n".join([f"**{title}**", *shown])
+    if len(shown) < len(lines):
+        text += f"\n…and {len(lines) - len(shown)} more"
+    return text
+
+
+def _code(text: str) -> str:
+    """Show a pattern verbatim: markdown is not parsed in a code span (escaping would show the backslashes), and
+    a backtick, the only character that could end the span, is shown as a look-alike."""
+    return "`" + text.replace("`", "\u02cb") + "`"
+
+
+_TARGET_MENTIONS = {"user": "<@{}>", "channel": "<#{}>", "role": "<@&{}>"}
+
+
+def _audit_target(target: str) -> str:
+    """Audit targets are stored as "user 123"; show them as mentions (never pinging: mentions are disabled)."""
+    kind, _, ident = target.partition(" ")
+    template = _TARGET_MENTIONS.get(kind)
+    return template.format(ident) if template and ident.isdigit() else target
 
 
 @app_commands.guild_only()
@@ -80,11 +114,15 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
             added = await mod_repo.block_user(session, interaction.guild_id, user.id, interaction.user.id, reason or "")
         if not added:
             raise CommandError(f"{user.mention} is already blocked.")
-        await self._audit(interaction, "admin.block", f"user {user.id}", reason=reason or "")
         self._changed(interaction.guild_id)
-        await interaction.response.send_message(
-            f"Blocked {user.mention}: personas will ignore them here.", ephemeral=True, allowed_mentions=NO_MENTIONS
-        )
+        # Replies they asked for before the block are not written either.
+        pending = self.bot.queue.requests(interaction.guild_id) if self.bot.queue else []
+        cancelled = sum(req.cancel() for req in pending if req.job.user_id == user.id)
+        await self._audit(interaction, "admin.block", f"user {user.id}", reason=reason or "", cancelled=cancelled)
+        text = f"Blocked {user.mention}: personas will ignore them here."
+        if cancelled:
+            text += f" {cancelled} pending replies to them were cancelled."
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="unblock", description="Let a blocked user talk to personas again")
     async def unblock(self, interaction: discord.Interaction, user: discord.User) -> None:
@@ -108,21 +146,16 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
             text = "Nobody is blocked."
         else:
             lines = [
-                f"<@{r.user_id}> since {_fmt_time(r.created_at)}" + (f": {r.reason}" if r.reason else "")
-                for r in rows[:50]
+                f"<@{r.user_id}> since {_fmt_time(r.created_at)}" + (f": {r.reason}" if r.reason else "") for r in rows
             ]
-            more = f"\n…and {len(rows) - 50} more" if len(rows) > 50 else ""
-            text = "**Blocked users**\n" + "\n".join(lines) + more
-        await interaction.response.send_message(text[:2000], ephemeral=True, allowed_mentions=NO_MENTIONS)
+            text = _listing("Blocked users", lines)
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="forget", description="Delete everything a user said from the bot's memory here")
     async def forget(self, interaction: discord.Interaction, user: discord.User) -> None:
         assert interaction.guild_id is not None
-        async with self.bot.db.session() as session:
-            count = await msg_repo.forget_user(session, user.id, interaction.guild_id)
-            await mod_repo.audit(
-                session, interaction.guild_id, interaction.user.id, "admin.forget", f"user {user.id}", messages=count
-            )
+        count = await self.cog.forget(user.id, interaction.guild_id)
+        await self._audit(interaction, mod_repo.ADMIN_FORGET, f"user {user.id}", messages=count)
         await interaction.response.send_message(
             f"Deleted {count} stored message(s) of {user.mention} in this server.",
             ephemeral=True,
@@ -136,9 +169,10 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
         assert interaction.guild_id is not None
         async with self.bot.db.session() as session:
             await guild_repo.update_guild(session, interaction.guild_id, paused=True)
+        # Chat must see the pause before the queue is emptied, so nothing it is preparing is submitted after.
+        self._changed(interaction.guild_id)
         cancelled = self.bot.queue.cancel_guild(interaction.guild_id) if self.bot.queue else 0
         await self._audit(interaction, "admin.pause", cancelled=cancelled)
-        self._changed(interaction.guild_id)
         await interaction.response.send_message(
             f"Personas are paused in this server ({cancelled} queued or running replies cancelled). "
             "Use /admin resume to let them talk again.",
@@ -212,13 +246,13 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
             await interaction.response.send_message("Nothing is queued or running in this server.", ephemeral=True)
             return
         lines = []
-        for req in requests[:25]:
+        for req in requests:
             where = f"<#{req.job.channel_id}>"
             state = "writing" if req.position == 0 else f"#{req.position} in queue"
             who = f" for <@{req.job.user_id}>" if req.job.user_id else ""
             lines.append(f"- {state}: {req.job.label or 'reply'} in {where}{who} ({req.waited_seconds:.0f}s)")
         await interaction.response.send_message(
-            "**Generation queue**\n" + "\n".join(lines), ephemeral=True, allowed_mentions=NO_MENTIONS
+            _listing("Generation queue", lines), ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
     @app_commands.command(name="cancel", description="Cancel queued and running replies (in one channel or all)")
@@ -247,9 +281,10 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
             return
         lines = []
         for row in rows:
-            details = ", ".join(f"{k}={v}" for k, v in (row.details or {}).items())
-            line = f"{_fmt_time(row.created_at)} <@{row.actor_id}> **{row.action}** {row.target}"
-            lines.append(line + (f" ({details})" if details else ""))
+            details = ", ".join(f"{k}={v}" for k, v in (row.details or {}).items() if v not in ("", None))
+            actor = f"<@{row.actor_id}>" if row.actor_id else "the bot"
+            line = f"{_fmt_time(row.created_at)} {actor} **{row.action}** {_audit_target(row.target)}"
+            lines.append(line.rstrip() + (f" ({details})" if details else ""))
         embed = discord.Embed(title="Audit log", description="\n".join(lines)[:4000])
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
@@ -277,16 +312,19 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
                 session, interaction.guild_id, interaction.user.id, "admin.filter.add", compiled.pattern, regex=regex
             )
         self._changed(interaction.guild_id)
-        await interaction.response.send_message(
-            f"Added filter `{discord.utils.escape_markdown(compiled.pattern)}`.", ephemeral=True
-        )
+        await interaction.response.send_message(f"Added filter {_code(compiled.pattern)}.", ephemeral=True)
 
     @filter.command(name="remove", description="Remove an output filter")
     async def filter_remove(self, interaction: discord.Interaction, pattern: str) -> None:
         assert interaction.guild_id is not None
+        pattern = pattern.strip()
         async with self.bot.db.session() as session:
-            removed = await mod_repo.remove_filter(session, interaction.guild_id, pattern.strip())
-            if not removed:
+            stored = [r.pattern for r in await mod_repo.list_filters(session, interaction.guild_id)]
+            if pattern not in stored and len(pattern) == CHOICE_VALUE_MAX:
+                # Autocomplete values are cut to Discord's limit: a longer pattern comes back as its prefix.
+                longer = [p for p in stored if p.startswith(pattern)]
+                pattern = longer[0] if len(longer) == 1 else pattern
+            if not await mod_repo.remove_filter(session, interaction.guild_id, pattern):
                 raise CommandError("No such filter; see /admin filter list.")
             await mod_repo.audit(session, interaction.guild_id, interaction.user.id, "admin.filter.remove", pattern)
         self._changed(interaction.guild_id)
@@ -294,12 +332,13 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
 
     @filter_remove.autocomplete("pattern")
     async def _filter_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        if interaction.guild_id is None:
+        # Autocomplete skips the group's interaction_check, and the patterns are for moderators' eyes only.
+        if interaction.guild_id is None or not has_manage_guild(interaction):
             return []
         async with self.bot.db.session() as session:
             rows = await mod_repo.list_filters(session, interaction.guild_id)
         return [
-            app_commands.Choice(name=r.pattern[:100], value=r.pattern[:100])
+            app_commands.Choice(name=r.pattern[:CHOICE_VALUE_MAX], value=r.pattern[:CHOICE_VALUE_MAX])
             for r in rows
             if current.lower() in r.pattern.lower()
         ][:25]
@@ -312,44 +351,51 @@ class AdminGroup(app_commands.Group, name="admin", description="Moderate persona
         if not rows:
             text = "No output filters."
         else:
-            text = "**Output filters**\n" + "\n".join(
-                f"- `{discord.utils.escape_markdown(r.pattern)}`" + (" (regex)" if r.is_regex else "") for r in rows
-            )
-        await interaction.response.send_message(text[:2000], ephemeral=True)
+            lines = [f"- {_code(r.pattern)}" + (" (regex)" if r.is_regex else "") for r in rows]
+            text = _listing("Output filters", lines)
+        await interaction.response.send_message(text, ephemeral=True)
 
 
-class AdminCog(commands.Cog):
+class AdminCog(GroupCog):
     def __init__(self, bot: RPBot) -> None:
-        self.bot = bot
+        super().__init__(bot)
         self.group = AdminGroup(self)
-        self.reply_info_menu = app_commands.ContextMenu(name="Reply info", callback=self.reply_info)
+        # Discord reads ``contexts`` (dm_permission, which guild_only sets, is deprecated), so pass both.
+        self.reply_info_menu = app_commands.ContextMenu(
+            name="Reply info", callback=self.reply_info, allowed_contexts=app_commands.AppCommandContext(guild=True)
+        )
         self.reply_info_menu.guild_only = True
         self.reply_info_menu.default_permissions = MANAGE_MESSAGES
 
-    @property
-    def chat(self) -> ChatCog | None:
-        return self.bot.get_cog("ChatCog")  # type: ignore[return-value]
-
     async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.group)
+        await super().cog_load()
         self.bot.tree.add_command(self.reply_info_menu)
         if self.bot.settings.message_retention_days > 0:
             self.retention.start()
 
     async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.group.name)
+        await super().cog_unload()
         self.bot.tree.remove_command(self.reply_info_menu.name, type=self.reply_info_menu.type)
         self.retention.cancel()
 
+    async def forget(self, user_id: int, guild_id: int | None = None) -> int:
+        """Delete a user's stored messages (in one guild, or everywhere). Through the chat cog when it runs: it keeps
+        recent history in memory and writes behind, and both must lose the messages too."""
+        chat = self.chat
+        if chat is not None:
+            return await chat.forget_user(user_id, guild_id)
+        async with self.bot.db.session() as session:
+            return await msg_repo.forget_user(session, user_id, guild_id)
+
     @app_commands.command(name="forget-me", description="Delete everything you said from the bot's memory")
     async def forget_me(self, interaction: discord.Interaction) -> None:
+        count = await self.forget(interaction.user.id)
         async with self.bot.db.session() as session:
-            count = await msg_repo.forget_user(session, interaction.user.id)
             await mod_repo.audit(
                 session,
                 interaction.guild_id,
                 interaction.user.id,
-                "forget-me",
+                mod_repo.FORGET_ME,
                 f"user {interaction.user.id}",
                 messages=count,
             )
@@ -390,10 +436,15 @@ class AdminCog(commands.Cog):
     async def retention(self) -> None:
         days = self.bot.settings.message_retention_days
         cutoff = datetime.now(UTC) - timedelta(days=days)
+        chat = self.chat
         try:
-            async with self.bot.db.session() as session:
-                purged = await msg_repo.purge_older_than(session, cutoff)
-                if purged:
+            if chat is not None:  # it holds recent history in memory, which must lose the messages too
+                purged = await chat.purge_older_than(cutoff)
+            else:
+                async with self.bot.db.session() as session:
+                    purged = await msg_repo.purge_older_than(session, cutoff)
+            if purged:
+                async with self.bot.db.session() as session:
                     await mod_repo.audit(session, None, None, "retention.purge", f"{days} days", messages=purged)
         except Exception:
             log.exception("message retention purge failed; will retry")

@@ -9,7 +9,7 @@ import time
 from collections import ChainMap, OrderedDict, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -21,12 +21,14 @@ from bot.chat.ratelimit import SlidingWindowLimiter
 from bot.generation.base import EngineError, GenerationRequest, PromptTooLong, SamplerError, SamplerParams
 from bot.generation.queue import (
     GenerationJob,
+    QueueClosed,
     QueueFull,
     RequestCancelled,
     RequestReplaced,
     RequestTimedOut,
 )
 from bot.moderation.filters import OutputFilterSet
+from bot.ops.sharding import owned_guilds
 from bot.prompt import EmptyReply, PersonaSpec, PromptBuilder, PromptError, clean_reply
 from bot.prompt.normalize import is_out_of_character
 from bot.storage import channels as channel_repo
@@ -34,11 +36,12 @@ from bot.storage import generations as gen_repo
 from bot.storage import guilds as guild_repo
 from bot.storage import messages as msg_repo
 from bot.storage import moderation as mod_repo
+from bot.storage.database import describe_error, is_unavailable
 from bot.storage.messages import MessageRecord
 from bot.storage.models import ChannelSettings, GenerationStatus, MessageKind, Persona, ReplyMode, utcnow
 from cogs._buttons import ReplyButton, reply_view, retry_view
-from cogs._streaming import ReplyWriter
-from cogs._webhooks import NO_MENTIONS, PersonaPoster, Posted, Speaker
+from cogs._streaming import CURSOR, ReplyWriter
+from cogs._webhooks import NO_MENTIONS, MessageGone, PersonaPoster, Posted, Speaker
 
 if TYPE_CHECKING:
     from bot.client import RPBot
@@ -47,8 +50,11 @@ log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 400  # stored messages read per prompt; the builder trims to the token budget
 BACKFILL_LIMIT = 50
+INTERRUPTED_SCAN = 20  # messages after a cut-off reply's trigger searched for its half-written message
 ALWAYS_MODE_DEBOUNCE = 1.5  # seconds of quiet before replying to a burst in "always" mode
 QUEUE_NOTICE_AFTER = 2.0  # seconds waiting before the queue position is shown
+SHUTDOWN_CANCEL_WAIT = 5.0  # seconds replies get to post their "interrupted" notice after the grace period
+STORE_FLUSH_WAIT = 10.0  # seconds the shutdown waits for the message store's last writes
 TYPING_AFTER = 0.3  # seconds without a first token before the typing indicator starts
 NAME_CACHE_SIZE = 10_000
 TRIGGER_TYPES = (discord.MessageType.default, discord.MessageType.reply)
@@ -108,13 +114,17 @@ class ChatCog(commands.Cog):
         self._policies: dict[int, GuildPolicy] = {}
         self._names: OrderedDict[int, str] = OrderedDict()
         self._debounce: dict[int, asyncio.Task[None]] = {}
-        self._busy: set[int] = set()  # channels where a button's regenerate/continue is being written
+        # Button actions on a channel's latest reply run one at a time; a second Regenerate/Continue while one is
+        # generating is refused, anything else waits its turn (a click right after the text shows is not lost).
+        self._button_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._generating: set[int] = set()
         # Discord events are handled in concurrent tasks; a per-channel lock taken before the first await keeps
         # a message's store, edit and delete in arrival order (a delete never overtakes its own message).
         self._store_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
         self._backfilled = False
+        self._interrupted: list[tuple[int, int, int | None, int | None]] = []  # cut off by a crash
         self.history = HistoryCache()
         self.writer = StoreWriter(bot.db)
 
@@ -125,7 +135,14 @@ class ChatCog(commands.Cog):
         self.bot.add_dynamic_items(ReplyButton)
         await self.poster.load_known_webhooks()
         async with self.bot.db.session() as session:
-            failed = await gen_repo.fail_unfinished(session)
+            # Only this process's guilds: other shard processes on the same database may be mid-reply.
+            owned = owned_guilds(self.bot.settings)
+            self._interrupted = [
+                (g.id, g.channel_id, g.trigger_message_id, g.persona_id)
+                for g in await gen_repo.unfinished(session)
+                if owned is None or owned(g.guild_id)
+            ]
+            failed = await gen_repo.fail_unfinished(session, guilds=owned)
         if failed:
             log.warning("marked %d replies interrupted by the last shutdown as failed", failed)
 
@@ -136,19 +153,34 @@ class ChatCog(commands.Cog):
         await self.writer.close()
 
     async def drain(self, grace: float) -> None:
-        """Stop taking triggers, let running replies finish within ``grace`` seconds, then cancel the rest."""
+        """Stop taking triggers, let running replies finish within ``grace`` seconds, then cancel the rest.
+
+        Cancelling goes through the queue, so each reply ends on its normal path: it posts a notice and records
+        its generation as cancelled. Only a reply that cannot even do that in time is cancelled as a task.
+        Messages keep being stored meanwhile; the store is flushed last.
+        """
         self._accepting = False
         for task in self._debounce.values():
             task.cancel()
         pending = [t for t in self._tasks if not t.done()]
         if pending:
-            log.info("waiting up to %.0fs for %d replies to finish", grace, len(pending))
-            _done, still = await asyncio.wait(pending, timeout=grace)
-            for task in still:
-                task.cancel()
-            if still:
-                await asyncio.wait(still, timeout=5)
-        await self.writer.flush()
+            await self._finish_or_cancel(pending, grace)
+        # Bounded: a database that refuses writes must not hold the shutdown forever.
+        await self.writer.flush(within=STORE_FLUSH_WAIT)
+
+    async def _finish_or_cancel(self, pending: list[asyncio.Task[Any]], grace: float) -> None:
+        log.info("waiting up to %gs for %d replies to finish", grace, len(pending))
+        _done, still = await asyncio.wait(pending, timeout=grace) if grace > 0 else (set(), set(pending))
+        if not still:
+            return
+        log.info("cancelling %d replies that did not finish within %gs", len(still), grace)
+        if self.bot.queue is not None:
+            await self.bot.queue.close()
+        _done, stuck = await asyncio.wait(still, timeout=SHUTDOWN_CANCEL_WAIT)
+        for task in stuck:
+            task.cancel()
+        if stuck:
+            await asyncio.wait(stuck, timeout=SHUTDOWN_CANCEL_WAIT)
 
     def _spawn(self, coro: Any, *, channel_id: int | None = None) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -213,18 +245,16 @@ class ChatCog(commands.Cog):
         cached = self._policies.get(guild_id)
         if cached is not None:
             return cached
+        # Reads only (a guild nobody configured has no row: the defaults apply), so reading the policy never waits
+        # on, or fails with, another writer's lock.
         async with self.bot.db.session() as session:
-            g = await guild_repo.get_guild(session, guild_id)
+            g = await guild_repo.find_guild(session, guild_id)
             blocked = {b.user_id for b in await mod_repo.blocked_users(session, guild_id)}
             filters = [(f.pattern, f.is_regex) for f in await mod_repo.list_filters(session, guild_id)]
-            policy = GuildPolicy(
-                paused=g.paused,
-                nsfw_only=g.nsfw_only,
-                ratelimit_count=g.ratelimit_count,
-                ratelimit_seconds=g.ratelimit_seconds,
-                blocked=blocked,
-                filters=OutputFilterSet.from_rows(filters),
-            )
+            policy = GuildPolicy(blocked=blocked, filters=OutputFilterSet.from_rows(filters))
+            if g is not None:
+                policy.paused, policy.nsfw_only = g.paused, g.nsfw_only
+                policy.ratelimit_count, policy.ratelimit_seconds = g.ratelimit_count, g.ratelimit_seconds
         self._policies[guild_id] = policy
         return policy
 
@@ -274,8 +304,42 @@ class ChatCog(commands.Cog):
         self._backfilled = True
         self._spawn(self._backfill_all())
 
-    async def _backfill_all(self) -> None:
-        guild_ids = [g.id for g in self.bot.guilds]
+    @commands.Cog.listener()
+    async def on_shard_ready(self, shard_id: int) -> None:
+        # A shard that lost its session IDENTIFYs afresh, and Discord replays nothing of what was said meanwhile:
+        # read it from the channels' history. (The first READY is on_ready's; a RESUME replays, so needs nothing.)
+        if self._backfilled:
+            self._spawn(self._backfill_all(shard_id))
+
+    async def _mark_interrupted(self) -> None:
+        """A reply cut off by a crash left its half-written message with the typing cursor: say it was interrupted
+        and offer Try again. Newest first, so each placeholder goes to the reply it belonged to."""
+        interrupted, self._interrupted = sorted(self._interrupted, reverse=True), []
+        for gen_id, channel_id, trigger_id, persona_id in interrupted:
+            channel = self.bot.get_channel(channel_id)
+            if not isinstance(channel, discord.TextChannel | discord.Thread) or not (trigger_id and persona_id):
+                continue  # not this process's channel, or nothing to look for
+            async with self.bot.db.session() as session:
+                persona = await session.get(Persona, persona_id)
+            if persona is None:
+                continue
+            speaker = self._speaker(persona)
+            notice = f"*({speaker.name} was interrupted by a restart. Press Try again.)*"
+            after = discord.Object(trigger_id)
+            try:
+                async for message in channel.history(after=after, limit=INTERRUPTED_SCAN, oldest_first=True):
+                    own = message.author.id == self.bot.user.id or self.poster.is_own_webhook(message.webhook_id)
+                    if own and message.content.endswith(CURSOR) and not message.components:
+                        author = message.webhook_id or self.bot.user.id
+                        posted = Posted(message.id, channel.id, message.webhook_id is not None, author)
+                        await self.poster.edit(channel, posted, speaker, notice, view=retry_view(gen_id))
+            except (discord.HTTPException, MessageGone) as exc:
+                log.warning("could not mark the interrupted reply in channel %s: %s", channel_id, exc)
+
+    async def _backfill_all(self, shard_id: int | None = None) -> None:
+        if self._interrupted:
+            await self._mark_interrupted()
+        guild_ids = [g.id for g in self.bot.guilds if shard_id is None or g.shard_id == shard_id]
         async with self.bot.db.session() as session:
             rows = await channel_repo.channels_with_persona(session, guild_ids)
         for row in rows:
@@ -289,23 +353,45 @@ class ChatCog(commands.Cog):
     async def backfill(self, channel: discord.TextChannel | discord.Thread, limit: int = BACKFILL_LIMIT) -> int:
         """Store what was said while the bot was away (or before a persona was activated). Returns how many."""
         await self.writer.flush()
-        async with self.bot.db.session() as session:
-            newest = await msg_repo.newest_message_id(session, channel.id)
-        after = discord.Object(newest) if newest else None
         records: list[MessageRecord] = []
-        async for message in channel.history(limit=limit, after=after, oldest_first=after is not None):
+        # The newest messages, not those after the newest stored one: a reply posted while the gateway was down is
+        # newer than what people said in that gap. Only messages the store lacks are added (edits stay as they are).
+        async for message in channel.history(limit=limit):
             if message.author.id == self.bot.user.id or self.poster.is_own_webhook(message.webhook_id):
                 continue  # our own replies are stored when sent
-            if message.type not in TRIGGER_TYPES:
+            if message.type not in TRIGGER_TYPES or self.history.get(channel.id, message.id) is not None:
                 continue
             records.append(self._record(message, self._kind_of(message)))
             self._remember_name(message.author.id, message.author.display_name)
+        if records:
+            async with self.bot.db.session() as session:
+                known = await msg_repo.existing_ids(session, [r.id for r in records])
+            records = sorted((r for r in records if r.id not in known), key=lambda r: r.id)
+        records = await self._storable(channel.guild.id, records)
         self._save(records)
         return len(records)
 
+    async def _storable(self, guild_id: int, records: list[MessageRecord]) -> list[MessageRecord]:
+        """Leave out of a backfill what moderation removed or excludes: messages of users who asked to be forgotten
+        (sent before they asked; Discord still has them), of blocked users, and older than the retention period."""
+        if not records:
+            return records
+        policy = await self.policy(guild_id)
+        days = self.bot.settings.message_retention_days
+        cutoff = datetime.now(UTC) - timedelta(days=days) if days > 0 else None
+        async with self.bot.db.session() as session:
+            forgotten = await mod_repo.forget_requests(session, guild_id, {r.author_id for r in records})
+        return [
+            r
+            for r in records
+            if r.author_id not in policy.blocked
+            and (cutoff is None or r.created_at >= cutoff)
+            and not (r.author_id in forgotten and r.created_at <= forgotten[r.author_id])
+        ]
+
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.guild is None or not self._accepting:
+        if message.guild is None:
             return  # DMs have no personas
         if message.author.id == self.bot.user.id or self.poster.is_own_webhook(message.webhook_id):
             return
@@ -318,13 +404,31 @@ class ChatCog(commands.Cog):
             active = await self.active_channel(channel)
             if active is None:
                 return
+            try:
+                if message.author.id in (await self.policy(active.guild_id)).blocked:
+                    return  # ignored entirely: a blocked user's words never reach a prompt either
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                # The database cannot even be read: keep the message (the store writer retries), answer nothing.
+                reason = describe_error(exc)
+                log.warning("message %s kept unanswered: the database is unavailable (%s)", message.id, reason)
+                self._save([self._record(message, self._kind_of(message))])
+                return
             kind = self._kind_of(message)
             self._remember_name(message.author.id, message.author.display_name)
             for user in message.mentions:
                 self._remember_name(user.id, user.display_name)
             self._save([self._record(message, kind)])
-        if kind is MessageKind.HUMAN:
-            await self._maybe_reply(message, channel, active)
+        # While shutting down messages are still stored (nothing said is lost) but trigger nothing.
+        if kind is MessageKind.HUMAN and self._accepting:
+            try:
+                await self._maybe_reply(message, channel, active)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                reason = describe_error(exc)
+                log.warning("message %s stored, but not answered: the database is unavailable (%s)", message.id, reason)
 
     async def _maybe_reply(
         self, message: discord.Message, channel: discord.TextChannel | discord.Thread, active: ActiveChannel
@@ -337,19 +441,26 @@ class ChatCog(commands.Cog):
         mode = active.settings.reply_mode
         if mode is ReplyMode.MENTION and not self._addressed(message, active):
             return
-        if policy.nsfw_only and not channel.is_nsfw():
-            return
-        if not self.limiter.hit(active.guild_id, message.author.id, policy.ratelimit_count, policy.ratelimit_seconds):
-            with contextlib.suppress(discord.HTTPException):
-                await message.add_reaction("⏰")
+        if (policy.nsfw_only or active.persona.nsfw) and not channel.is_nsfw():
+            # An NSFW persona stays silent where the channel stopped being age-restricted.
             return
         if mode is ReplyMode.ALWAYS:
+            # A burst gets one reply, so the rate limit is charged when that reply is due, not per message.
             old = self._debounce.pop(channel.id, None)
             if old is not None:
                 old.cancel()
             self._debounce[channel.id] = self._spawn(self._debounced(channel, message))
-        else:
+        elif await self._within_rate_limit(message, active.guild_id):
             self._spawn(self.reply_to(channel, message))
+
+    async def _within_rate_limit(self, message: discord.Message, guild_id: int) -> bool:
+        """Count a reply to ``message`` against its author's limit; over it, react with a clock instead."""
+        policy = await self.policy(guild_id)
+        if self.limiter.hit(guild_id, message.author.id, policy.ratelimit_count, policy.ratelimit_seconds):
+            return True
+        with contextlib.suppress(discord.HTTPException):
+            await message.add_reaction("⏰")
+        return False
 
     def _addressed(self, message: discord.Message, active: ActiveChannel) -> bool:
         if self.bot.user in message.mentions:
@@ -369,7 +480,8 @@ class ChatCog(commands.Cog):
         await asyncio.sleep(ALWAYS_MODE_DEBOUNCE)
         if self._debounce.get(channel.id) is asyncio.current_task():
             del self._debounce[channel.id]
-        await self.reply_to(channel, message)
+        if await self._within_rate_limit(message, channel.guild.id):
+            await self.reply_to(channel, message)
 
     @commands.Cog.listener()
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
@@ -457,6 +569,15 @@ class ChatCog(commands.Cog):
         self.history.drop()
         return count
 
+    async def purge_older_than(self, cutoff: datetime) -> int:
+        """Delete stored messages older than ``cutoff`` (retention); later prompts no longer hold them."""
+        await self.writer.flush()
+        async with self.bot.db.session() as session:
+            count = await msg_repo.purge_older_than(session, cutoff)
+        if count:
+            self.history.drop()
+        return count
+
     def _sampler(self, active: ActiveChannel) -> tuple[SamplerParams, int]:
         overrides = dict(active.settings.sampler or {})
         max_new = int(overrides.pop("max_new_tokens", self.bot.settings.max_new_tokens))
@@ -487,25 +608,55 @@ class ChatCog(commands.Cog):
             self.poster, channel, self._speaker(active.persona), interval=self.bot.settings.stream_edit_interval
         )
         fields: dict[str, Any] = {}
-        text = await self._produce(
-            channel,
-            active,
-            gen,
-            writer,
-            user_name=trigger.author.display_name,
-            trigger_id=trigger.id,
-            user_id=trigger.author.id,
-            fields_out=fields,
-        )
-        if text is None:
+        text: str | None = None
+        try:
+            text = await self._produce(
+                channel,
+                active,
+                gen,
+                writer,
+                user_name=trigger.author.display_name,
+                trigger_id=trigger.id,
+                user_id=trigger.author.id,
+                fields_out=fields,
+            )
+            if text is None:
+                return
+            gen_id = await gen.get()
+            posted = await writer.finish(text, reply_view(gen_id, 0, 1))
+            previous = await self._store_reply(
+                gen_id, active, channel, posted, writer, text, alternatives=[text], selected_index=0, **fields
+            )
+            if previous is not None:
+                await self._strip_buttons(channel, *previous)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            await self._unrecorded(channel, active, writer, text, exc)
+
+    async def _unrecorded(
+        self,
+        channel: discord.TextChannel | discord.Thread,
+        active: ActiveChannel,
+        writer: ReplyWriter,
+        text: str | None,
+        exc: BaseException,
+    ) -> None:
+        """The database refused the reply's generation row (locked past the busy timeout, disk full). A finished
+        reply is still shown and stored (the store writer keeps trying), without the buttons that need the row;
+        an unfinished one becomes a notice. Never a half-written message with its cursor."""
+        log.error("could not record the reply in channel %s: %s", channel.id, describe_error(exc))
+        name = active.persona.nickname or active.persona.name
+        try:
+            if text is None:
+                if writer.posted_any:
+                    await writer.finish(f"*({name} cannot answer right now: the bot's database is unavailable.)*", None)
+                return
+            posted = await writer.finish(text, None)
+        except discord.HTTPException as send_exc:
+            log.warning("could not finish the unrecorded reply in channel %s: %s", channel.id, send_exc)
             return
-        gen_id = await gen.get()
-        posted = await writer.finish(text, reply_view(gen_id, 0, 1))
-        previous = await self._store_reply(
-            gen_id, active, channel, posted, writer, text, alternatives=[text], selected_index=0, **fields
-        )
-        if previous is not None:
-            await self._strip_buttons(channel, *previous)
+        self._save(self._persona_records(active, channel, posted, text))
 
     async def _create_generation(self, **fields: Any) -> int:
         async with self.bot.db.session() as session:
@@ -541,6 +692,8 @@ class ChatCog(commands.Cog):
         The generation row's new fields go into ``fields_out`` for the caller to write with the rest (one write
         per reply); without it they are written here."""
         policy = await self.policy(active.guild_id)
+        replies = self.bot.metrics.replies
+        started = time.monotonic()
         last_error = ""
         for attempt in range(2):
             try:
@@ -559,20 +712,40 @@ class ChatCog(commands.Cog):
                     await self._update_generation(await gen.get(), **fields)
                 else:
                     fields_out.update(fields)
+                replies.labels(outcome="ok").inc()
+                self.bot.metrics.generation_seconds.observe(time.monotonic() - started)
                 return text
             except (EmptyReply, FilteredOutput) as exc:
                 last_error = "filtered" if isinstance(exc, FilteredOutput) else "empty"
                 log.info("reply attempt %d in channel %s was %s; retrying", attempt + 1, channel.id, last_error)
                 continue
-            except (RequestReplaced, RequestCancelled) as exc:
+            except (RequestReplaced, RequestCancelled, QueueClosed) as exc:
+                replies.labels(outcome="cancelled").inc()
                 status = GenerationStatus.CANCELLED
-                await self._finish_generation(await gen.get(), status, reason=type(exc).__name__)
-                if isinstance(exc, RequestCancelled) and writer.posted_any:
+                gen_id = await gen.get()
+                await self._finish_generation(gen_id, status, reason=type(exc).__name__)
+                if isinstance(exc, RequestCancelled | QueueClosed) and not self._accepting:
+                    # Shutting down: say so where the reply was, and offer to try again after the restart.
+                    name = active.persona.nickname or active.persona.name
+                    notice = f"*({name} was interrupted because the bot is restarting. Press Try again.)*"
+                    try:
+                        await writer.finish(notice, retry_view(gen_id))
+                    except discord.HTTPException as send_exc:
+                        log.warning("could not post the restart notice in channel %s: %s", channel.id, send_exc)
+                elif isinstance(exc, RequestCancelled) and writer.posted_any:
                     await writer.delete_all()
                 return None
+            except asyncio.CancelledError:
+                # Cancelled as a task (shutdown ran out of time): still leave the store consistent.
+                replies.labels(outcome="cancelled").inc()
+                cancelled = self._finish_generation(await asyncio.shield(gen.get()), GenerationStatus.CANCELLED)
+                await asyncio.shield(cancelled)
+                raise
             except Exception as exc:  # every other failure becomes a notice, never a traceback
+                replies.labels(outcome="failed").inc()
                 await self._fail(channel, active, await gen.get(), writer, exc)
                 return None
+        replies.labels(outcome=last_error).inc()
         notice = (
             "*(This reply was withheld by this server's output filters.)*"
             if last_error == "filtered"
@@ -613,7 +786,7 @@ class ChatCog(commands.Cog):
             conversation=channel.id,
             max_new_tokens=max_new,
         )
-        participants = sorted({m.author_name for m in history if m.kind is not MessageKind.PERSONA} | {user_name})
+        participants = list(built.participants) or [user_name]
         request = GenerationRequest(prompt=built.text, params=params, stop=built.stop, max_new_tokens=max_new)
         job = GenerationJob(
             request=request,
@@ -623,6 +796,10 @@ class ChatCog(commands.Cog):
             trigger_message_id=trigger_id,
             label=f"{persona.name} in #{getattr(channel, 'name', channel.id)}",
         )
+        # Checked again right before submitting (no await in between): /admin pause cancels what is queued, and a
+        # reply that was being prepared meanwhile must not slip in after it.
+        if (await self.policy(active.guild_id)).paused:
+            raise RequestCancelled("personas are paused in this server")
         req = queue.submit(job)
         prefix = continue_text or ""
         raw = ""
@@ -708,10 +885,23 @@ class ChatCog(commands.Cog):
             notice = f"*({name} cannot answer: {exc})*"
         elif isinstance(exc, EngineError):
             notice = f"*({name} could not answer because the model failed. Press Try again.)*"
+        elif isinstance(exc, discord.HTTPException):
+            notice = f"*({name} could not post the reply because Discord refused or failed. Press Try again.)*"
         else:
             notice = f"*({name} could not answer because of an internal error. Press Try again.)*"
-        if isinstance(exc, EngineError | QueueFull | RequestTimedOut | PromptError | UserFacingError):
+        if isinstance(exc, discord.Forbidden):
+            # Not a bug: server staff took a permission away. Say which, for the operator; no traceback.
+            log.warning(
+                "cannot post in channel %s of guild %s: %s (the bot needs View Channel and Send Messages there)",
+                channel.id,
+                active.guild_id,
+                exc,
+            )
+        elif isinstance(exc, EngineError | QueueFull | RequestTimedOut | PromptError | UserFacingError):
             log.warning("reply in channel %s failed: %s: %s", channel.id, type(exc).__name__, exc)
+        elif isinstance(exc, discord.HTTPException):
+            # Discord's own trouble (5xx after discord.py's retries): an outage, not a bug of ours.
+            log.warning("reply in channel %s failed: Discord answered %s", channel.id, exc)
         else:
             log.error("reply in channel %s failed unexpectedly", channel.id, exc_info=exc)
         await self._finish_generation(gen_id, GenerationStatus.FAILED, reason=f"{type(exc).__name__}: {exc}"[:500])
@@ -741,26 +931,7 @@ class ChatCog(commands.Cog):
         """Record the reply: its messages in the store (so later prompts see it) and, in one write, the generation's
         fields and message ids. Returns the last message of the channel's previous reply that still has buttons, and
         its persona (read in the same transaction, so stripping them needs no second one)."""
-        from bot.chat.splitting import split_message
-
-        parts = split_message(text)
-        now = datetime.now(UTC)
-        parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
-        records = [
-            MessageRecord(
-                id=p.id,
-                guild_id=active.guild_id,
-                channel_id=channel.id,
-                parent_channel_id=parent_id,
-                author_id=p.author_id,
-                author_name=active.persona.nickname or active.persona.name,
-                kind=MessageKind.PERSONA,
-                persona_id=active.persona.id,
-                content=part,
-                created_at=now,
-            )
-            for p, part in zip(posted, parts, strict=False)
-        ]
+        records = self._persona_records(active, channel, posted, text)
         old_ids: list[int] = []
         previous: tuple[int, Persona] | None = None
         async with self.bot.db.session() as session:
@@ -790,6 +961,29 @@ class ChatCog(commands.Cog):
             self.writer.delete(old_ids)
         self._save(records)
         return previous
+
+    def _persona_records(
+        self, active: ActiveChannel, channel: discord.TextChannel | discord.Thread, posted: list[Posted], text: str
+    ) -> list[MessageRecord]:
+        from bot.chat.splitting import split_message
+
+        now = datetime.now(UTC)
+        parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
+        return [
+            MessageRecord(
+                id=p.id,
+                guild_id=active.guild_id,
+                channel_id=channel.id,
+                parent_channel_id=parent_id,
+                author_id=p.author_id,
+                author_name=active.persona.nickname or active.persona.name,
+                kind=MessageKind.PERSONA,
+                persona_id=active.persona.id,
+                content=part,
+                created_at=now,
+            )
+            for p, part in zip(posted, split_message(text), strict=False)
+        ]
 
     async def _strip_buttons(
         self, channel: discord.TextChannel | discord.Thread, last_id: int, persona: Persona
@@ -861,16 +1055,24 @@ class ChatCog(commands.Cog):
             raise UserFacingError("Personas are paused in this server.")
         if interaction.user.id in policy.blocked:
             raise UserFacingError("You cannot use personas in this server.")
+        if policy.nsfw_only and not channel.is_nsfw():
+            raise UserFacingError(
+                "Personas reply only in age-restricted channels in this server (an admin can change that with "
+                "/admin nsfw-only)."
+            )
+        if action in ("prev", "next") and policy.filters:
+            # A stored swipe was checked against the filters of its time; an admin may have added one since.
+            target = gen.selected_index + (1 if action == "next" else -1)
+            if 0 <= target < len(gen.alternatives) and policy.filters.first_hit(gen.alternatives[target]):
+                raise UserFacingError("That version of the reply is withheld by this server's output filters.")
         if latest is None or latest.id != gen.id:
             raise UserFacingError("Only the latest reply can be changed.")
         active = await self.active_channel(channel)
         if active is None or active.persona.id != gen.persona_id:
             raise UserFacingError("The persona that wrote this reply is no longer active here.")
-        if channel.id in self._busy:
+        if action in ("regen", "cont") and channel.id in self._generating:
             raise UserFacingError("A reply is already being written here; wait for it to finish.")
         await interaction.response.defer()
-        if action in ("regen", "cont"):
-            self._busy.add(channel.id)
         self._spawn(self._change_reply(channel, active, gen.id, action, interaction.user))
 
     async def _change_reply(
@@ -881,10 +1083,13 @@ class ChatCog(commands.Cog):
         action: str,
         user: discord.abc.User,
     ) -> None:
-        try:
-            await self._change_reply_locked(channel, active, gen_id, action, user)
-        finally:
-            self._busy.discard(channel.id)
+        async with self._button_locks[channel.id]:
+            if action in ("regen", "cont"):
+                self._generating.add(channel.id)
+            try:
+                await self._change_reply_locked(channel, active, gen_id, action, user)
+            finally:
+                self._generating.discard(channel.id)
 
     async def _change_reply_locked(
         self,
@@ -927,41 +1132,27 @@ class ChatCog(commands.Cog):
             first_reply_id = gen.reply_message_id
             before = first_reply_id if first_reply_id else None
             user_name = getattr(user, "display_name", user.name)
+            if action == "cont" and not alternatives:
+                return
+            produced = await self._produce(
+                channel,
+                active,
+                GenRef(gen_id),
+                writer,
+                user_name=user_name,
+                trigger_id=gen.trigger_message_id,
+                user_id=user.id,
+                before_id=before,
+                continue_text=alternatives[index] if action == "cont" else None,
+            )
+            if produced is None:
+                return
             if action == "cont":
-                if not alternatives:
-                    return
-                current = alternatives[index]
-                produced = await self._produce(
-                    channel,
-                    active,
-                    GenRef(gen_id),
-                    writer,
-                    user_name=user_name,
-                    trigger_id=gen.trigger_message_id,
-                    user_id=user.id,
-                    before_id=before,
-                    continue_text=current,
-                )
-                if produced is None:
-                    return
                 alternatives[index] = produced
-                text = produced
             else:
-                produced = await self._produce(
-                    channel,
-                    active,
-                    GenRef(gen_id),
-                    writer,
-                    user_name=user_name,
-                    trigger_id=gen.trigger_message_id,
-                    user_id=user.id,
-                    before_id=before,
-                )
-                if produced is None:
-                    return
                 alternatives.append(produced)
                 index = len(alternatives) - 1
-                text = produced
+            text = produced
         async with self.bot.db.session() as session:
             row = await gen_repo.get_generation(session, gen_id)
             if row is not None:
@@ -970,7 +1161,7 @@ class ChatCog(commands.Cog):
                 if action in ("prev", "next"):
                     row.status = GenerationStatus.DONE
         posted = await writer.finish(text, reply_view(gen_id, index, len(alternatives)))
-        self._busy.discard(channel.id)  # the buttons are usable again as soon as they are shown
+        self._generating.discard(channel.id)  # Regenerate/Continue are usable again as soon as they are shown
         await self._store_reply(gen_id, active, channel, posted, writer, text)
 
     async def _delete_reply(

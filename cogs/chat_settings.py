@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.generation.base import SAMPLER_RANGES, SamplerError, SamplerParams
-from bot.prompt import PersonaSpec
+from bot.prompt import BuiltPrompt, PersonaSpec
 from bot.storage import channels as channel_repo
-from bot.storage import messages as msg_repo
 from bot.storage import moderation as mod_repo
 from bot.storage.models import ChannelSettings, Persona, ReplyMode
+from cogs._group_cog import GroupCog
 from cogs._permissions import require_persona_manager
 from cogs.errors import CommandError
 
 if TYPE_CHECKING:
     from bot.client import RPBot
-    from cogs.chat import ChatCog
 
 log = logging.getLogger(__name__)
 
-PREVIEW_CHARS = 900
+PREVIEW_CHARS = 900  # the embed field holds 1024 characters, fences included
 
 
 def _fmt(value: Any) -> str:
@@ -175,45 +174,57 @@ class ChatGroup(app_commands.Group, name="chat", description="The persona chat i
 
     @app_commands.command(name="context", description="What the model is given for the next reply here")
     async def context(self, interaction: discord.Interaction) -> None:
-        settings, persona = await self._active(interaction)
+        _settings, persona = await self._active(interaction)
         chat = self.cog.chat
-        if chat is None:
+        channel = interaction.channel
+        if chat is None or not isinstance(channel, discord.TextChannel | discord.Thread):
             raise CommandError("The chat engine is not running.")
-        channel_id = interaction.channel_id or 0
-        async with self.bot.db.session() as session:
-            history = await msg_repo.latest_messages(
-                session, channel_id, limit=400, after_id=settings.scene_start_message_id
-            )
-        user_name = getattr(interaction.user, "display_name", "User")
-        active = await chat.active_channel(interaction.channel)  # type: ignore[arg-type]
-        assert active is not None
+        active = await chat.active_channel(channel)
+        if active is None:
+            raise CommandError("No persona is active in this channel. Start one with /persona use.")
+        history = await chat.history_for(channel.id, active)  # what the next reply reads, newest writes included
         _params, max_new = chat._sampler(active)
+        # No conversation key: the inspector must not move the window the channel's real prompts reuse.
         built = chat.builder.build(
             PersonaSpec.from_row(persona),
             history,
-            user_name=user_name,
+            user_name=getattr(interaction.user, "display_name", "User"),
             persona_id=persona.id,
-            mentions=chat._mentions(interaction.guild, persona),  # type: ignore[arg-type]
+            mentions=chat._mentions(channel.guild, persona),
             max_new_tokens=max_new,
         )
-        budget = chat.builder.budget(max_new)
-        embed = discord.Embed(title=f"Context for {persona.name}")
-        parts = built.breakdown.as_dict() if hasattr(built.breakdown, "as_dict") else vars(built.breakdown)
-        embed.add_field(
-            name="Token budget",
-            value=f"{built.prompt_tokens} of {budget} prompt tokens used "
-            f"({self.bot.settings.context_tokens} context − {max_new} for the reply)",
-            inline=False,
+        await interaction.response.send_message(
+            embed=context_embed(persona.name, built, chat.builder.context_tokens, max_new), ephemeral=True
         )
-        embed.add_field(
-            name="By part", value="\n".join(f"{k}: {v}" for k, v in parts.items() if isinstance(v, int)) or "-"
-        )
-        embed.add_field(name="Messages", value=f"{built.messages_included} of {len(history)} in this scene fit")
-        fired = [getattr(e, "name", None) or str(getattr(e, "id", e)) for e in built.lore_fired]
-        embed.add_field(name="Lore entries fired", value=", ".join(fired)[:1000] or "none", inline=False)
-        tail = built.text[-PREVIEW_CHARS:].replace("```", "`\u200b``")
-        embed.add_field(name="End of the prompt", value=f"```\n{tail[-1000 + 10 :]}\n```", inline=False)
-        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+def context_embed(name: str, built: BuiltPrompt, context_tokens: int, max_new: int) -> discord.Embed:
+    """The /chat context inspector: where the token budget goes, what fits, which lore fired, how the prompt ends."""
+    embed = discord.Embed(title=f"Context for {name}")
+    embed.add_field(
+        name="Token budget",
+        value=f"{built.prompt_tokens} of {built.budget} prompt tokens used "
+        f"({context_tokens} context − {max_new} for the reply)",
+        inline=False,
+    )
+    parts = dataclasses.asdict(built.breakdown)
+    embed.add_field(name="By part", value="\n".join(f"{part}: {tokens}" for part, tokens in parts.items()))
+    messages = f"{built.messages_included} of {built.messages_available} in this scene fit"
+    if built.newest_cut:
+        messages += " (the newest was cut)"
+    embed.add_field(name="Messages", value=messages)
+    fired = [f"{e.name or e.uid} ({e.reason}; {e.placement}; {e.tokens} tokens)" for e in built.lore_fired]
+    if built.lore_dropped:
+        fired.append("over the lorebook budget: " + ", ".join(built.lore_dropped))
+    embed.add_field(name="Lore entries fired", value=_clip("\n".join(fired) or "none", 1024), inline=False)
+    # No two backticks may touch, or a fence in the prompt would close ours; the escape can double the length.
+    tail = built.text[-PREVIEW_CHARS:].replace("`", "`\u200b")[-PREVIEW_CHARS:]
+    embed.add_field(name="End of the prompt", value=f"```\n{tail}\n```", inline=False)
+    return embed
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _preview(text: str, limit: int = 150) -> str:
@@ -221,20 +232,10 @@ def _preview(text: str, limit: int = 150) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class ChatSettingsCog(commands.Cog):
+class ChatSettingsCog(GroupCog):
     def __init__(self, bot: RPBot) -> None:
-        self.bot = bot
+        super().__init__(bot)
         self.group = ChatGroup(self)
-
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.group)
-
-    async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.group.name)
-
-    @property
-    def chat(self) -> ChatCog | None:
-        return self.bot.get_cog("ChatCog")  # type: ignore[return-value]
 
     def changed(self, channel_id: int) -> None:
         if self.chat is not None:

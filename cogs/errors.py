@@ -15,45 +15,38 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs._user_errors import CommandError, NotPermitted
+
 if TYPE_CHECKING:
     from bot.client import RPBot
 
 log = logging.getLogger(__name__)
 
+__all__ = ["CommandError", "NotPermitted", "describe", "on_app_command_error", "respond"]
 
-class CommandError(app_commands.AppCommandError):
-    """Raise from a command to show ``message`` to the user (ephemeral), with nothing logged as an error."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
+MAX_MESSAGE_CHARS = 1900  # Discord's limit is 2000; the channel fallback adds a mention
 
 
-class NotPermitted(app_commands.CheckFailure):
-    """The member lacks what the command needs; the message says what that is."""
+def describe(error: BaseException) -> tuple[str, bool]:
+    """(message for the user, whether it is unexpected and must be logged with an id).
 
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
-
-
-def describe(error: app_commands.AppCommandError) -> tuple[str, bool]:
-    """(message for the user, whether it is unexpected and must be logged with an id)."""
+    Takes what a command raised (wrapped in CommandInvokeError by discord.py) or what a modal or view raised as is.
+    """
     original = getattr(error, "original", None)
     if isinstance(error, app_commands.CommandInvokeError) and original is not None:
+        error = original
+    if not isinstance(error, app_commands.AppCommandError):
         from bot.cards import CardError
         from bot.generation.base import SamplerError
         from bot.moderation.filters import FilterError
         from bot.prompt import PromptError
         from bot.storage.personas import PersonaError
 
-        if isinstance(original, CommandError):
-            return original.message, False
-        if isinstance(original, CardError):
-            return f"That card could not be imported: {original}", False
-        if isinstance(original, PersonaError | FilterError | SamplerError | PromptError):
-            return str(original), False
-        if isinstance(original, discord.Forbidden):
+        if isinstance(error, CardError):
+            return f"That card could not be imported: {error}", False
+        if isinstance(error, PersonaError | FilterError | SamplerError | PromptError):
+            return str(error), False
+        if isinstance(error, discord.Forbidden):
             return "I lack a Discord permission needed for that here (check my role and the channel).", False
         return "", True
     if isinstance(error, CommandError | NotPermitted):
@@ -84,6 +77,9 @@ def _in(seconds: float):
 async def respond(interaction: discord.Interaction, message: str) -> None:
     """Answer ephemerally whatever state the interaction is in; fall back to the channel when the token expired."""
     mentions = discord.AllowedMentions.none()
+    if len(message) > MAX_MESSAGE_CHARS:
+        # Errors may quote what the user typed (up to 6000 characters); Discord refuses a message over 2000.
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     try:
         if interaction.response.is_done():
             await interaction.followup.send(message, ephemeral=True, allowed_mentions=mentions)
@@ -97,12 +93,16 @@ async def respond(interaction: discord.Interaction, message: str) -> None:
         log.warning("could not send an error reply: %s", exc)
 
 
-async def on_app_command_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+async def on_app_command_error(interaction: discord.Interaction, error: BaseException) -> None:
+    """The tree's error handler; modals and views of the cogs report their errors through it too."""
     message, unexpected = describe(error)
     if unexpected:
         error_id = secrets.token_hex(4)
-        command = interaction.command.qualified_name if interaction.command else "?"
-        log.error("command /%s failed (error id %s)", command, error_id, exc_info=getattr(error, "original", error))
+        if interaction.command is not None:
+            where = f"command /{interaction.command.qualified_name}"
+        else:  # a modal or a component: its custom_id says which
+            where = f"interaction {(interaction.data or {}).get('custom_id', '?')}"
+        log.error("%s failed (error id %s)", where, error_id, exc_info=getattr(error, "original", error))
         message = f"Something went wrong on my side (error id `{error_id}`). An admin can find it in the bot's log."
     await respond(interaction, message)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from discord.ext import commands
@@ -14,6 +16,9 @@ if TYPE_CHECKING:
     from bot.client import RPBot
 
 log = logging.getLogger(__name__)
+
+# A health probe must answer before the orchestrator's own timeout (docker-compose.yml: 5 s).
+DATABASE_PING_TIMEOUT = 3.0
 
 
 class HealthCog(commands.Cog):
@@ -31,12 +36,23 @@ class HealthCog(commands.Cog):
 
     def _refresh(self) -> None:
         metrics = self.bot.metrics
-        connected = self.bot.is_ready() and not self.bot.is_closed()
-        metrics.discord_connected.set(1 if connected else 0)
-        latency = self.bot.latency
-        if latency == latency and latency != float("inf"):  # NaN/inf before the first heartbeat
-            metrics.discord_latency.set(latency)
+        for shard_id, shard in self.bot.shards.items():
+            label = str(shard_id)
+            metrics.discord_connected.labels(shard=label).set(0 if shard.is_closed() else 1)
+            latency = shard.latency
+            if math.isfinite(latency):  # NaN/inf before the first heartbeat
+                metrics.discord_latency.labels(shard=label).set(latency)
         metrics.engine_up.set(1 if self._engine_problem() is None else 0)
+
+    def _discord_problem(self) -> str | None:
+        if self.bot.is_closed() or self.bot.shutting_down.is_set():
+            return "shutting down"
+        if not self.bot.is_ready():
+            return "not connected to Discord yet"
+        closed = sorted(shard_id for shard_id, shard in self.bot.shards.items() if shard.is_closed())
+        if closed:
+            return f"not connected to Discord: shard {', '.join(map(str, closed))} disconnected"
+        return None
 
     def _engine_problem(self) -> str | None:
         queue = self.bot.queue
@@ -48,20 +64,20 @@ class HealthCog(commands.Cog):
             return "the engine is restarting after a failure"
         return None
 
-    async def problems(self) -> list[str]:
-        problems: list[str] = []
-        if self.bot.is_closed() or self.bot.shutting_down.is_set():
-            problems.append("shutting down")
-        elif not self.bot.is_ready():
-            problems.append("not connected to Discord")
+    async def _database_problem(self) -> str | None:
         try:
-            await self.bot.db.ping()
+            async with asyncio.timeout(DATABASE_PING_TIMEOUT):
+                await self.bot.db.ping()
         except DatabaseError as exc:
-            problems.append(str(exc))
-        engine = self._engine_problem()
-        if engine is not None:
-            problems.append(engine)
-        return problems
+            return str(exc)
+        except TimeoutError:
+            return f"the database did not answer within {DATABASE_PING_TIMEOUT:g}s"
+        return None
+
+    async def problems(self) -> list[str]:
+        """Why the bot is not healthy; empty when it is connected, its database answers and its engine is ready."""
+        found = [self._discord_problem(), await self._database_problem(), self._engine_problem()]
+        return [problem for problem in found if problem is not None]
 
 
 async def setup(bot: RPBot) -> None:

@@ -9,31 +9,31 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.avatars import AvatarError, normalize_avatar
-from bot.cards import card_to_persona_fields, export_json, export_png, parse_card, persona_to_card
+from bot.cards import CardError, card_to_persona_fields, export_json, export_png, parse_card, persona_to_card
+from bot.cards.limits import MAX_CARD_FILE_BYTES, MiB
 from bot.prompt import PersonaSpec, PromptError
 from bot.storage import channels as channel_repo
 from bot.storage import guilds as guild_repo
 from bot.storage import moderation as mod_repo
 from bot.storage import personas as persona_repo
 from bot.storage.models import PERSONA_NAME_MAX, Persona
+from cogs._group_cog import GroupCog
 from cogs._permissions import require_persona_manager
-from cogs.errors import CommandError
+from cogs.errors import CommandError, on_app_command_error
 
 if TYPE_CHECKING:
     from bot.client import RPBot
-    from cogs.chat import ChatCog
 
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
-MAX_CARD_BYTES = 20 * 1024 * 1024
 FIELD_MAX = 6000  # Discord's own limit for a string option
 MODAL_FIELD_MAX = 4000  # Discord's limit for a text input
 PAGE_SIZE = 10
 CONFIRM_TIMEOUT = 120
+EXPORTS_PER_MINUTE = 5
 
 
 def _short(text: str, limit: int = 1000) -> str:
@@ -41,21 +41,33 @@ def _short(text: str, limit: int = 1000) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class Confirm(discord.ui.View):
-    """Yes/no buttons for the person who ran the command."""
+class _View(discord.ui.View):
+    async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[Any]) -> None:
+        await on_app_command_error(interaction, error)
 
-    def __init__(self, user_id: int, yes_label: str, *, danger: bool = True) -> None:
+
+class Confirm(_View):
+    """Yes/no buttons for the person who ran the command. The question must be the command's original response."""
+
+    def __init__(self, interaction: discord.Interaction, yes_label: str, *, danger: bool = True) -> None:
         super().__init__(timeout=CONFIRM_TIMEOUT)
-        self.user_id = user_id
+        self.asked = interaction
         self.value: bool | None = None
         self.yes.label = yes_label
         self.yes.style = discord.ButtonStyle.danger if danger else discord.ButtonStyle.primary
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id != self.user_id:
+        if interaction.user.id != self.asked.user.id:
             await interaction.response.send_message("This question is for someone else.", ephemeral=True)
             return False
         return True
+
+    async def on_timeout(self) -> None:
+        # Buttons that no longer answer would only confuse: say plainly that nothing happened.
+        try:
+            await self.asked.edit_original_response(content="No answer in time; nothing was changed.", view=None)
+        except discord.HTTPException as exc:
+            log.info("could not close an unanswered question: %s", exc)
 
     @discord.ui.button(label="Yes")
     async def yes(self, interaction: discord.Interaction, _button: discord.ui.Button[Any]) -> None:
@@ -76,17 +88,23 @@ class PersonaEditModal(discord.ui.Modal, title="Edit persona"):
         self.cog = cog
         self.persona_id = persona.id
         self.fields: dict[str, discord.ui.TextInput[Any]] = {}
-        for key, label, style in (
-            ("description", "Description", discord.TextStyle.paragraph),
-            ("personality", "Personality", discord.TextStyle.paragraph),
-            ("scenario", "Scenario", discord.TextStyle.paragraph),
-            ("greeting", "Greeting", discord.TextStyle.paragraph),
-            ("example_dialogue", "Example dialogue", discord.TextStyle.paragraph),
+        # Imported cards may carry fields longer than a text input holds: the input shows their start, and an
+        # unchanged start keeps the whole field (saving the cut text would silently lose the rest).
+        self.long_fields: dict[str, str] = {}
+        for key, label in (
+            ("description", "Description"),
+            ("personality", "Personality"),
+            ("scenario", "Scenario"),
+            ("greeting", "Greeting"),
+            ("example_dialogue", "Example dialogue"),
         ):
             current = getattr(persona, key) or ""
+            if len(current) > MODAL_FIELD_MAX:
+                self.long_fields[key] = current
+                label = f"{label} (first {MODAL_FIELD_MAX} of {len(current)} chars)"  # 45 at most
             field = discord.ui.TextInput(
-                label=label,
-                style=style,
+                label=label[:45],
+                style=discord.TextStyle.paragraph,
                 default=current[:MODAL_FIELD_MAX] or None,
                 required=key == "description",
                 max_length=MODAL_FIELD_MAX,
@@ -97,6 +115,9 @@ class PersonaEditModal(discord.ui.Modal, title="Edit persona"):
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await require_persona_manager(interaction)
         values = {key: field.value for key, field in self.fields.items()}
+        for key, full in self.long_fields.items():
+            if values[key] == full[:MODAL_FIELD_MAX]:
+                values[key] = full
         async with self.cog.bot.db.session() as session:
             persona = await persona_repo.get_persona(session, self.persona_id)
             if persona is None or persona.guild_id != interaction.guild_id:
@@ -108,24 +129,14 @@ class PersonaEditModal(discord.ui.Modal, title="Edit persona"):
                 session, interaction.guild_id, interaction.user.id, "persona.edit", persona.name, fields=list(values)
             )
             name = persona.name
-        self.cog.changed(self.persona_id)
+        await self.cog.changed(self.persona_id)
         await interaction.response.send_message(f"Saved **{name}**.", ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        from cogs.errors import on_app_command_error
-
-        wrapped = (
-            error
-            if isinstance(error, app_commands.AppCommandError)
-            else app_commands.CommandInvokeError(
-                interaction.command,
-                error,  # type: ignore[arg-type]
-            )
-        )
-        await on_app_command_error(interaction, wrapped)
+        await on_app_command_error(interaction, error)
 
 
-class ListPages(discord.ui.View):
+class ListPages(_View):
     def __init__(self, cog: PersonaCog, guild_id: int, total: int, user_id: int) -> None:
         super().__init__(timeout=300)
         self.cog, self.guild_id, self.total, self.user_id = cog, guild_id, total, user_id
@@ -249,18 +260,21 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
     async def import_(self, interaction: discord.Interaction, card: discord.Attachment, activate: bool = False) -> None:
         await require_persona_manager(interaction)
         assert interaction.guild_id is not None
-        if card.size > MAX_CARD_BYTES:
-            raise CommandError(f"That file is {card.size / 1048576:.1f} MiB; cards are at most 20 MiB.")
+        if card.size > MAX_CARD_FILE_BYTES:  # refused before downloading it
+            raise CommandError(
+                f"That file is {card.size / MiB:.1f} MiB; cards are at most {MAX_CARD_FILE_BYTES // MiB} MiB."
+            )
         await interaction.response.defer(ephemeral=True, thinking=True)
         data = await card.read()
         imported = await asyncio.to_thread(parse_card, data, card.filename)
         fields = card_to_persona_fields(imported)
+        notes = list(imported.warnings)  # what was read leniently or left out: the importer should know
         if fields.get("avatar"):
             try:
                 fields["avatar"] = await asyncio.to_thread(normalize_avatar, fields["avatar"])
                 fields["avatar_mime"] = "image/png"
             except AvatarError as exc:
-                log.info("card %s has an unusable image (%s); importing without avatar", card.filename, exc)
+                notes.append(f"the card image cannot be used as the avatar: {exc}")
                 fields["avatar"], fields["avatar_mime"] = None, None
         name = str(fields.pop("name"))
         self.cog.check_fits(PersonaSpec.from_row({"name": name, **fields}))
@@ -269,7 +283,7 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
         async with self.bot.db.session() as session:
             existing = await persona_repo.find_persona(session, interaction.guild_id, name)
         if existing is not None:
-            view = Confirm(interaction.user.id, "Replace it")
+            view = Confirm(interaction, "Replace it")
             await interaction.followup.send(
                 f"A persona named **{discord.utils.escape_markdown(existing.name)}** exists. Replace it with the card?",
                 view=view,
@@ -290,15 +304,20 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
                 file=card.filename[:100],
                 replaced=replace,
             )
-        self.cog.changed(persona.id)
+        await self.cog.changed(persona.id, avatar=replace)
         lore = len((persona.lorebook or {}).get("entries", []) or [])
         summary = (
             f"Imported **{discord.utils.escape_markdown(persona.name)}**"
             f" ({len(persona.alternate_greetings or [])} alternate greetings, {lore} lorebook entries"
             f"{', avatar' if persona.avatar else ''})."
         )
+        if notes:
+            summary += "\nNotes: " + _short("; ".join(notes), 1000)
         if activate:
-            summary += "\n" + await self.cog.activate(interaction, persona)
+            try:
+                summary += "\n" + await self.cog.activate(interaction, persona)
+            except CommandError as exc:  # the import itself worked: say both
+                summary += f"\nIt is not active here: {exc.message}"
         await interaction.followup.send(summary, ephemeral=True)
 
     @app_commands.command(name="edit", description="Edit a persona's long fields in a form")
@@ -353,15 +372,22 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
         if name:
             persona = await self._get(interaction.guild_id, name)
         else:
+            channel = interaction.channel
+            candidates = [interaction.channel_id or 0]
+            if isinstance(channel, discord.Thread) and channel.parent_id:
+                candidates.append(channel.parent_id)  # threads use their channel's persona
+            active = None
             async with self.bot.db.session() as session:
-                active = await channel_repo.active_persona(session, interaction.channel_id or 0)
+                for channel_id in candidates:
+                    active = active or await channel_repo.active_persona(session, channel_id)
             if active is None:
                 raise CommandError("No persona is active here; name one: /persona show name:…")
             persona = active[1]
-        embed = discord.Embed(title=persona.name, description=_short(persona.description, 3000) or "—")
+        # Discord refuses embeds over 6000 characters in all: the long fields share about 4500 of them.
+        embed = discord.Embed(title=persona.name, description=_short(persona.description, 2000) or "—")
         for label, key in (("Personality", "personality"), ("Scenario", "scenario"), ("Greeting", "greeting")):
             if getattr(persona, key):
-                embed.add_field(name=label, value=_short(getattr(persona, key)), inline=False)
+                embed.add_field(name=label, value=_short(getattr(persona, key), 800), inline=False)
         if persona.alternate_greetings:
             embed.add_field(name="Alternate greetings", value=str(len(persona.alternate_greetings)))
         lore = len((persona.lorebook or {}).get("entries", []) or [])
@@ -388,7 +414,7 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
         await require_persona_manager(interaction)
         assert interaction.guild_id is not None
         persona = await self._get(interaction.guild_id, name)
-        view = Confirm(interaction.user.id, "Delete")
+        view = Confirm(interaction, "Delete")
         await interaction.response.send_message(
             f"Delete **{discord.utils.escape_markdown(persona.name)}**? Channels using it go quiet.",
             view=view,
@@ -397,12 +423,15 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
         await view.wait()
         if not view.value:
             return
+        if self.cog.chat is not None:
+            # Messages still on their way to the store name this persona: write them before it is gone.
+            await self.cog.chat.writer.flush()
         async with self.bot.db.session() as session:
             row = await persona_repo.get_persona(session, persona.id)
             if row is not None:
                 await persona_repo.delete_persona(session, row)
             await mod_repo.audit(session, interaction.guild_id, interaction.user.id, "persona.delete", persona.name)
-        self.cog.changed(persona.id)
+        await self.cog.changed(persona.id, avatar=True)
         await interaction.followup.send(f"Deleted **{discord.utils.escape_markdown(persona.name)}**.", ephemeral=True)
 
     @app_commands.command(name="export", description="Export a persona as a character card")
@@ -410,17 +439,22 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
     @app_commands.choices(
         format=[app_commands.Choice(name="PNG", value="png"), app_commands.Choice(name="JSON", value="json")]
     )
+    # Anyone may export, and encoding a card with its image costs CPU: a few per minute each is plenty.
+    @app_commands.checks.cooldown(EXPORTS_PER_MINUTE, 60.0, key=lambda i: (i.guild_id, i.user.id))
     async def export(self, interaction: discord.Interaction, name: str, format: str = "png") -> None:
         assert interaction.guild_id is not None
         persona = await self._get(interaction.guild_id, name)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        card = persona_to_card(persona)
-        if format == "json":
-            data = await asyncio.to_thread(export_json, card)
-            filename = f"{_filename(persona.name)}.json"
-        else:
-            data = await asyncio.to_thread(export_png, card, persona.avatar)
-            filename = f"{_filename(persona.name)}.png"
+        try:
+            card = persona_to_card(persona)
+            if format == "json":
+                data = await asyncio.to_thread(export_json, card)
+                filename = f"{_filename(persona.name)}.json"
+            else:
+                data = await asyncio.to_thread(export_png, card, persona.avatar)
+                filename = f"{_filename(persona.name)}.png"
+        except CardError as exc:
+            raise CommandError(f"{persona.name} could not be exported: {exc}") from None
         await interaction.followup.send(
             f"**{discord.utils.escape_markdown(persona.name)}** as a character card:",
             file=discord.File(io.BytesIO(data), filename=filename),
@@ -445,24 +479,17 @@ def _filename(name: str) -> str:
     return safe[:60] or "persona"
 
 
-class PersonaCog(commands.Cog):
+class PersonaCog(GroupCog):
     def __init__(self, bot: RPBot) -> None:
-        self.bot = bot
+        super().__init__(bot)
         self.group = PersonaGroup(self)
 
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.group)
-
-    async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.group.name)
-
-    @property
-    def chat(self) -> ChatCog | None:
-        return self.bot.get_cog("ChatCog")  # type: ignore[return-value]
-
-    def changed(self, persona_id: int) -> None:
+    async def changed(self, persona_id: int, *, avatar: bool = False) -> None:
+        """Tell the chat a persona changed; ``avatar``: its picture changed, or it is gone (ids can be reused)."""
         if self.chat is not None:
             self.chat.invalidate_persona(persona_id)
+            if avatar:
+                await self.chat.poster.forget_persona(persona_id)
 
     def channel_changed(self, channel_id: int) -> None:
         if self.chat is not None:
@@ -488,10 +515,15 @@ class PersonaCog(commands.Cog):
             raise CommandError(str(exc)) from None
 
     async def activate(self, interaction: discord.Interaction, persona: Persona) -> str:
-        """Make ``persona`` the channel's persona, backfill recent history, post its greeting. Returns a summary."""
+        """Make ``persona`` the channel's persona and post its greeting, which starts a new scene. Returns a summary."""
         channel = interaction.channel
         if not isinstance(channel, discord.TextChannel | discord.Thread):
             raise CommandError("Personas can speak in text channels and threads only.")
+        if persona.nsfw and not channel.is_nsfw():
+            raise CommandError(
+                f"{persona.name} is marked NSFW, so it can only be used in age-restricted channels. "
+                "Mark this channel age-restricted, or pick another persona."
+            )
         async with self.bot.db.session() as session:
             guild = await guild_repo.get_guild(session, channel.guild.id)
             nsfw_only = guild.nsfw_only
@@ -501,7 +533,11 @@ class PersonaCog(commands.Cog):
                 "Mark this channel age-restricted, or an admin can run `/admin nsfw-only enabled:False`."
             )
         async with self.bot.db.session() as session:
-            await channel_repo.set_active_persona(session, channel.guild.id, channel.id, persona.id)
+            row = await channel_repo.set_active_persona(session, channel.guild.id, channel.id, persona.id)
+            # The greeting begins a new scene, also when this persona was already active: what was said before
+            # (to another persona, or before the persona arrived) stays out of the prompt. The interaction's id
+            # is a snowflake newer than every message before it.
+            channel_repo.start_scene(row, interaction.id)
             await mod_repo.audit(
                 session, channel.guild.id, interaction.user.id, "persona.use", persona.name, channel=channel.id
             )
@@ -509,10 +545,6 @@ class PersonaCog(commands.Cog):
         chat = self.chat
         if chat is None:
             return f"**{persona.name}** is active here, but the chat is not running (check the bot's log)."
-        try:
-            await chat.backfill(channel)
-        except discord.HTTPException as exc:
-            log.warning("backfill of channel %s failed: %s", channel.id, exc)
         async with self.bot.db.session() as session:
             row = await channel_repo.get_channel(session, channel.id)
             index = row.greeting_index if row else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from bot.storage.database import create_engine
@@ -23,7 +24,14 @@ def _url() -> str:
     return load_settings().database_url
 
 
+# pg_advisory_xact_lock key ("rpbotmig" as a number): processes upgrading one database at once take turns.
+MIGRATION_LOCK_KEY = 0x7270626F746D6967
+
+
 def _configure(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Held until the migration's transaction ends; a process that waited then finds the schema at head.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -54,10 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bot.generation.queue import GenerationJob, GenerationQueue, RequestCancelled, RequestError  # noqa: E402
-
 from bot.generation.base import EngineError, GenerationRequest, SamplerParams  # noqa: E402
 from bot.generation.exllamav2 import ExLlamaV2Engine  # noqa: E402
+from bot.generation.queue import GenerationJob, GenerationQueue, RequestCancelled, RequestError  # noqa: E402
 
 log = logging.getLogger("gpu_smoke")
 

@@ -7,6 +7,7 @@ import binascii
 import io
 import json
 import logging
+import re
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 CARD_KEYWORDS = ("ccv3", "chara")  # in order of preference
 _ZIP_MAGIC = b"PK\x03\x04"
+# JSON's \u escapes can spell what no database or Discord takes: lone UTF-16 surrogates (not encodable as UTF-8)
+# and NUL (PostgreSQL refuses it in text).
+_UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
+_ESCAPED_UNSTORABLE = re.compile(r"\\u(?:[dD][89abAB]|0000)")  # only \u escapes can put them in; skip the walk
 
 
 @dataclass(slots=True)
@@ -134,9 +139,22 @@ def _parse_json(raw: bytes, what: str) -> Any:
         ) from None
     except RecursionError:
         raise CardError(f"{what} is JSON nested too deeply to be a card.", "not_json") from None
+    except ValueError:  # Python refuses integers of over 4300 digits (a denial-of-service guard)
+        raise CardError(f"{what} holds a number with thousands of digits; that is not a card.", "not_json") from None
     if _depth(obj) > MAX_JSON_DEPTH:
         raise CardError(f"{what} is JSON nested over {MAX_JSON_DEPTH} levels deep; that is not a card.", "not_json")
-    return obj
+    return _storable(obj) if _ESCAPED_UNSTORABLE.search(text) else obj
+
+
+def _storable(value: Any) -> Any:
+    """``value`` with lone surrogates replaced (U+FFFD) and NUL characters removed from every string."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", value)
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    return value
 
 
 def _decode_chunk_text(text: str, keyword: str) -> Any:

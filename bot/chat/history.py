@@ -5,6 +5,10 @@ in memory so a reply never waits on the database: storing a message, building a 
 words are pure CPU. Writes (new messages, edits, deletes) go to the database in arrival order, batched a few
 milliseconds later; ``flush()`` waits for them (before shutdown, before reading the database directly, before
 deleting a user's messages).
+
+When the database cannot take writes (locked past the busy timeout, disk full, connection lost) the changes are
+kept, in order, and tried again with a growing pause until it can: nothing said is lost to a passing fault. A change
+the database refuses for itself (a constraint) is dropped alone, so it cannot hold up the others.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 from bot.storage import Database
 from bot.storage import messages as msg_repo
+from bot.storage.database import describe_error, is_unavailable
 from bot.storage.messages import MessageRecord
 from bot.storage.models import MessageKind
 
@@ -29,6 +34,9 @@ log = logging.getLogger(__name__)
 PER_CHANNEL = 400  # messages kept per channel: more than a 4096-token prompt can hold
 MAX_CHANNELS = 2000
 WRITE_DELAY = 0.02  # seconds a write waits for others to join its batch
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)  # pauses between attempts while the database refuses writes; the last repeats
+MAX_HELD_OPS = 100_000  # changes kept while it does (tens of MB at most); beyond that the oldest are dropped
+CLOSE_TIMEOUT = 10.0  # seconds close() waits for the last writes
 
 
 @dataclass(slots=True)
@@ -198,10 +206,14 @@ class StoreWriter:
         self.delay = delay
         self._ops: list[Op] = []
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # flush() waits for the changes pushed before it, not for a quiet moment (under load there is none).
+        self._pushed = 0  # changes pushed so far
+        self._done = 0  # changes written (or given up on) so far; they are done in order
+        self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.failed_batches = 0
+        self.failed_batches = 0  # attempts the database refused (each kept and tried again)
+        self.dropped = 0  # changes given up on (refused for themselves, or too many held back)
+        self._failing = 0  # consecutive refused attempts
 
     def start(self) -> None:
         if self._task is None:
@@ -222,19 +234,47 @@ class StoreWriter:
 
     def _push(self, op: Op) -> None:
         self._ops.append(op)
-        self._idle.clear()
+        self._pushed += 1
         self._wake.set()
         if self._task is None:
             self.start()
 
-    async def flush(self) -> None:
-        """Wait until every change pushed so far is in the database."""
-        if self._ops or not self._idle.is_set():
-            self._wake.set()
-            await self._idle.wait()
+    @property
+    def pending(self) -> int:
+        """Changes not yet in the database."""
+        return self._pushed - self._done
 
-    async def close(self) -> None:
-        await self.flush()
+    async def flush(self, within: float | None = None) -> bool:
+        """Wait until every change pushed so far is in the database; False if ``within`` seconds ran out first."""
+        target = self._pushed
+        if self._done >= target:
+            return True
+        self._wake.set()
+
+        async def reached() -> None:
+            while self._done < target:
+                await self._progress.wait()
+
+        try:
+            await asyncio.wait_for(reached(), within)
+        except TimeoutError:
+            return False
+        return True
+
+    def _advance(self, count: int) -> None:
+        if count:
+            self._done += count
+            progress, self._progress = self._progress, asyncio.Event()
+            progress.set()
+
+    async def close(self, within: float = CLOSE_TIMEOUT) -> None:
+        """Write what is pending (waiting at most ``within`` seconds) and stop."""
+        if not await self.flush(within):
+            log.error(
+                "shutting down with %d message-store changes the database would not take; they are lost (the next "
+                "start reads recent messages back from Discord)",
+                self.pending,
+            )
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -247,30 +287,80 @@ class StoreWriter:
             await asyncio.sleep(self.delay)
             self._wake.clear()
             ops, self._ops = self._ops, []
-            if ops:
-                await self._write(ops)
-            if not self._ops:
-                self._idle.set()
+            held = await self._write(ops) if ops else []
+            self._advance(len(ops) - len(held))
+            if held:
+                # Ahead of what arrived meanwhile, so the order of changes holds; then a pause before trying again.
+                self._ops[:0] = held
+                self._limit_held()
+                await asyncio.sleep(RETRY_DELAYS[min(self._failing, len(RETRY_DELAYS)) - 1])
+                self._wake.set()
 
-    async def _write(self, ops: list[Op]) -> None:
+    async def _write(self, ops: list[Op]) -> list[Op]:
+        """Write a batch; returns the changes to try again (none when written or given up on)."""
         try:
-            async with self.db.session() as session:
-                pending: list[MessageRecord] = []
-                for kind, arg in ops:
-                    if kind == "save":
-                        pending.extend(arg)
-                        continue
-                    if pending:
-                        await msg_repo.save_messages(session, pending)
-                        pending = []
-                    if kind == "edit":
-                        await msg_repo.edit_message(session, *arg)
-                    elif kind == "delete":
-                        await msg_repo.delete_messages(session, arg)
-                    else:
-                        await arg(session)
+            await self._apply(ops)
+        except Exception as exc:
+            if is_unavailable(exc):
+                return self._refused(ops, exc)
+            # The database refuses something in the batch itself: one change at a time, so only that one is lost.
+            return await self._write_one_by_one(ops)
+        if self._failing:
+            log.warning("the message store is written again after %d refused attempts; nothing was lost", self._failing)
+            self._failing = 0
+        return []
+
+    async def _write_one_by_one(self, ops: list[Op]) -> list[Op]:
+        for index, (kind, arg) in enumerate(ops):
+            # A save of many messages (a backfill) goes one message at a time, so a refused one takes no others.
+            parts: list[Op] = [("save", [record]) for record in arg] if kind == "save" else [(kind, arg)]
+            for at, part in enumerate(parts):
+                try:
+                    await self._apply([part])
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        rest: list[Op] = [("save", arg[at:])] if kind == "save" else [(kind, arg)]
+                        return self._refused(rest + ops[index + 1 :], exc)
+                    self.dropped += 1
+                    log.error("dropped a message-store change (%s) the database refuses: %s", kind, describe_error(exc))
+        return []
+
+    def _refused(self, ops: list[Op], exc: BaseException) -> list[Op]:
+        self.failed_batches += 1
+        self._failing += 1
+        if self._failing == 1 or self._failing % 20 == 0:
+            # One line, no values (they are what people said): the reason and what happens next.
+            log.error(
+                "could not write %d message-store changes: %s; keeping them and trying again (attempt %d)",
+                len(ops),
+                describe_error(exc),
+                self._failing,
+            )
+        return ops
+
+    def _limit_held(self) -> None:
+        excess = len(self._ops) - MAX_HELD_OPS
+        if excess > 0:
+            del self._ops[:excess]
+            self.dropped += excess
+            self._advance(excess)
+            log.error("the database has refused writes for a long time: dropped the %d oldest store changes", excess)
+
+    async def _apply(self, ops: list[Op]) -> None:
+        async with self.db.session() as session:
+            pending: list[MessageRecord] = []
+            for kind, arg in ops:
+                if kind == "save":
+                    pending.extend(arg)
+                    continue
                 if pending:
                     await msg_repo.save_messages(session, pending)
-        except Exception:
-            self.failed_batches += 1
-            log.exception("could not write %d message-store changes to the database", len(ops))
+                    pending = []
+                if kind == "edit":
+                    await msg_repo.edit_message(session, *arg)
+                elif kind == "delete":
+                    await msg_repo.delete_messages(session, arg)
+                else:
+                    await arg(session)
+            if pending:
+                await msg_repo.save_messages(session, pending)

@@ -89,11 +89,18 @@ class BotMetrics:
             "rpbot_tokens_per_second", "Generation speed of the latest completed request", registry=self.registry
         )
         self.engine_up = Gauge("rpbot_engine_up", "1 when the engine is ready", registry=self.registry)
+        # Per shard: a process may run several, and each has its own gateway connection.
         self.discord_latency = Gauge(
-            "rpbot_discord_latency_seconds", "Discord gateway heartbeat latency", registry=self.registry
+            "rpbot_discord_latency_seconds",
+            "Discord gateway heartbeat latency",
+            ["shard"],
+            registry=self.registry,
         )
         self.discord_connected = Gauge(
-            "rpbot_discord_connected", "1 while connected to the Discord gateway", registry=self.registry
+            "rpbot_discord_connected",
+            "1 while the shard is connected to the Discord gateway",
+            ["shard"],
+            registry=self.registry,
         )
 
     def attach_queue(self, queue: GenerationQueue) -> None:
@@ -130,9 +137,9 @@ class MetricsServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        # With port 0 the system picks a free one; the runner knows which.
+        addresses = self._runner.addresses
+        self.port = int(addresses[0][1]) if addresses else port
         log.info("metrics and health on http://%s:%s/metrics and /healthz", host, self.port)
         return self.port
 

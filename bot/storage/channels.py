@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import ChannelSettings, Persona, ReplyMode, utcnow
@@ -77,3 +77,10 @@ async def channels_with_persona(
 
 async def channels_with_webhook(session: AsyncSession) -> Sequence[ChannelSettings]:
     return (await session.scalars(select(ChannelSettings).where(ChannelSettings.webhook_id.is_not(None)))).all()
+
+
+async def forget_webhook_persona(session: AsyncSession, persona_id: int) -> None:
+    """Webhooks that carry this persona's avatar must be given it again (it changed, or the id was freed)."""
+    await session.execute(
+        update(ChannelSettings).where(ChannelSettings.webhook_persona_id == persona_id).values(webhook_persona_id=None)
+    )

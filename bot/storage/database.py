@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """Create the async engine; for SQLite, create the folder and set the connection pragmas."""
     path = sqlite_path(url)
-    kwargs: dict[str, Any] = {"echo": echo}
+    # hide_parameters: a failed statement's error would otherwise carry its values (what people said) into logs.
+    kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
@@ -79,6 +81,17 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when the database itself cannot take the statement now (locked or busy past the timeout, disk full,
+    I/O error, connection lost), as opposed to a statement it refuses; trying again later may work."""
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The database's own one-line reason (e.g. "database or disk is full"), without the statement or values."""
+    return _reason(exc)
 
 
 def _safe_url(url: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -55,11 +55,24 @@ async def unfinished(session: AsyncSession) -> Sequence[Generation]:
     return (await session.scalars(stmt)).all()
 
 
-async def fail_unfinished(session: AsyncSession, reason: str = "interrupted by a restart") -> int:
-    """Mark replies left running by a crash as failed, so nothing is left dangling."""
-    result = await session.execute(
-        update(Generation)
-        .where(Generation.status.in_([GenerationStatus.QUEUED, GenerationStatus.RUNNING]))
-        .values(status=GenerationStatus.FAILED, error=reason, finished_at=utcnow())
-    )
+async def fail_unfinished(
+    session: AsyncSession,
+    reason: str = "interrupted by a restart",
+    *,
+    guilds: Callable[[int | None], bool] | None = None,
+) -> int:
+    """Mark replies left running by a crash as failed, so nothing is left dangling.
+
+    ``guilds`` limits it to the guilds this process serves: with several processes (shards) on one database, the
+    others' replies are still running.
+    """
+    is_unfinished = Generation.status.in_([GenerationStatus.QUEUED, GenerationStatus.RUNNING])
+    stmt = update(Generation).where(is_unfinished)
+    if guilds is not None:
+        rows = (await session.execute(select(Generation.id, Generation.guild_id).where(is_unfinished))).all()
+        ids = [gen_id for gen_id, guild_id in rows if guilds(guild_id)]
+        if not ids:
+            return 0
+        stmt = stmt.where(Generation.id.in_(ids))
+    result = await session.execute(stmt.values(status=GenerationStatus.FAILED, error=reason, finished_at=utcnow()))
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -20,6 +20,11 @@ async def get_guild(session: AsyncSession, guild_id: int) -> GuildSettings:
     return row
 
 
+async def find_guild(session: AsyncSession, guild_id: int) -> GuildSettings | None:
+    """The guild's settings if it has a row (a read only: no write while the database is busy)."""
+    return await session.get(GuildSettings, guild_id)
+
+
 async def update_guild(session: AsyncSession, guild_id: int, **values: Any) -> GuildSettings:
     row = await get_guild(session, guild_id)
     for key, value in values.items():

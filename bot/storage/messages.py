@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.storage.models import MessageKind, StoredMessage, utcnow
+from bot.storage.models import MessageKind, Persona, StoredMessage, utcnow
 from bot.storage.upsert import dialect_insert
 
 
@@ -37,6 +37,10 @@ async def save_messages(session: AsyncSession, records: Sequence[MessageRecord])
     """Insert or update messages by id (idempotent: a backfill may see messages already stored)."""
     if not records:
         return
+    # A persona deleted while its reply was on the way to the store: keep the messages without the link (what
+    # ON DELETE SET NULL would have left), rather than fail the foreign key and lose the whole batch.
+    wanted = {r.persona_id for r in records if r.persona_id is not None}
+    personas = set((await session.scalars(select(Persona.id).where(Persona.id.in_(wanted)))).all()) if wanted else set()
     rows = [
         {
             "id": r.id,
@@ -46,7 +50,7 @@ async def save_messages(session: AsyncSession, records: Sequence[MessageRecord])
             "author_id": r.author_id,
             "author_name": r.author_name[:100],
             "kind": r.kind,
-            "persona_id": r.persona_id,
+            "persona_id": r.persona_id if r.persona_id in personas else None,
             "content": r.content,
             "attachments": r.attachments,
             "reply_to_id": r.reply_to_id,
@@ -157,6 +161,14 @@ async def history(
     rows = list((await session.execute(stmt.order_by(StoredMessage.id.desc()).limit(limit))).all())
     rows.reverse()
     return rows
+
+
+async def existing_ids(session: AsyncSession, message_ids: Sequence[int]) -> set[int]:
+    """Which of ``message_ids`` are stored."""
+    if not message_ids:
+        return set()
+    stmt = select(StoredMessage.id).where(StoredMessage.id.in_(list(message_ids)))
+    return set((await session.scalars(stmt)).all())
 
 
 async def newest_message_id(session: AsyncSession, channel_id: int) -> int | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -12,7 +14,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.storage.database import create_engine
+from bot.storage.database import create_engine, sqlite_path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no file locks; run one process per SQLite file there
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +48,28 @@ def head_revision(url: str) -> str | None:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Upgrade the schema (blocking; runs its own event loop inside Alembic's env)."""
-    command.upgrade(alembic_config(url), revision)
+    """Upgrade the schema (blocking; runs its own event loop inside Alembic's env).
+
+    Several processes (shards) may start at once on one database: they take turns. On PostgreSQL the migration's own
+    transaction holds an advisory lock (migrations/env.py); a SQLite file is locked with a file beside it.
+    """
+    with _sqlite_migration_lock(url):
+        command.upgrade(alembic_config(url), revision)
+
+
+@contextmanager
+def _sqlite_migration_lock(url: str) -> Iterator[None]:
+    path = sqlite_path(url)
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".migrate-lock"), "a+b") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def downgrade(url: str, revision: str) -> None:

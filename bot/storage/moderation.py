@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import AuditEntry, BlockedUser, OutputFilter
+
+# Audit actions of deletion requests; forget_requests() reads them back, so keep the names stable.
+FORGET_ME = "forget-me"  # a user, about themselves, everywhere
+ADMIN_FORGET = "admin.forget"  # an admin, about a user, in one guild
 
 
 async def block_user(session: AsyncSession, guild_id: int, user_id: int, by: int | None, reason: str = "") -> bool:
@@ -80,3 +85,27 @@ async def audit(
 async def recent_audit(session: AsyncSession, guild_id: int, limit: int = 20) -> Sequence[AuditEntry]:
     stmt = select(AuditEntry).where(AuditEntry.guild_id == guild_id).order_by(AuditEntry.id.desc()).limit(limit)
     return (await session.scalars(stmt)).all()
+
+
+async def forget_requests(session: AsyncSession, guild_id: int, user_ids: Collection[int]) -> dict[int, datetime]:
+    """When each of ``user_ids`` last asked to be forgotten in this guild (/forget-me anywhere, or /admin forget
+    here). The audit log records every such request, so it is the record to honour: messages older than it must
+    not be stored again (e.g. by a backfill from Discord's history)."""
+    if not user_ids:
+        return {}
+    targets = {f"user {uid}": uid for uid in user_ids}
+    stmt = (
+        select(AuditEntry.target, func.max(AuditEntry.created_at))
+        .where(
+            AuditEntry.target.in_(list(targets)),
+            or_(
+                AuditEntry.action == FORGET_ME,
+                and_(AuditEntry.action == ADMIN_FORGET, AuditEntry.guild_id == guild_id),
+            ),
+        )
+        .group_by(AuditEntry.target)
+    )
+    result: dict[int, datetime] = {}
+    for target, when in (await session.execute(stmt)).all():
+        result[targets[target]] = when if when.tzinfo else when.replace(tzinfo=UTC)  # SQLite drops the zone
+    return result

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import itertools
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bot.moderation.filters import FilterError, OutputFilterSet, compile_filter
 
@@ -38,3 +43,26 @@ def test_stored_bad_pattern_is_skipped_and_matching_is_bounded() -> None:
     assert [f.pattern for f in filters.filters] == ["ok"]
     # A long input finishes (each search is bounded by the regex timeout) with an answer either way.
     assert filters.first_hit("a" * 100_000 + " ok") == "ok"
+
+
+def test_one_check_is_bounded_by_a_budget_over_all_filters() -> None:
+    ticks = itertools.count()
+    filters = OutputFilterSet(
+        [compile_filter(word, is_regex=False) for word in ("alpha", "beta", "gamma")],
+        budget=2.5,
+        clock=lambda: float(next(ticks)),  # each clock reading is a second later
+    )
+    # alpha is checked at t=1 and beta at t=2 (within 2.5 s); gamma's turn comes at t=3, past the budget: fail closed.
+    assert filters.first_hit("nothing to see here") == "gamma"
+    assert OutputFilterSet(filters.filters).first_hit("nothing to see here") is None
+
+
+_WORDS = st.text(alphabet="abcXYZ", min_size=1, max_size=4)
+
+
+@given(word=_WORDS, text=st.lists(st.one_of(_WORDS, st.sampled_from([" ", ", ", "-", "_", "!\n", "é"])), max_size=30))
+def test_word_filters_match_exactly_the_whole_word_in_any_case(word: str, text: list[str]) -> None:
+    joined = "".join(text)
+    words = [w.casefold() for w in re.findall(r"\w+", joined)]
+    hit = OutputFilterSet([compile_filter(word, is_regex=False)]).first_hit(joined)
+    assert (hit is not None) == (word.casefold() in words)
