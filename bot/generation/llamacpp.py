@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'rpbot[cpu]'"
 GGUF_MAGIC = b"GGUF"
 _DONE = object()  # end-of-stream marker in a stream's buffer
-CHUNK_INTERVAL = 0.01  # seconds: the worker wakes the event loop at most this often with new text
+CHUNK_INTERVAL = 0.05  # seconds: the worker wakes the event loop at most this often with new text
 
 
 def check_gguf_file(path: Path) -> None:
@@ -232,10 +232,11 @@ class _LlamaCppStream(GenerationStream):
             raise EngineUnavailable("the llama.cpp engine is not started")
         loop = asyncio.get_running_loop()
         # Text crosses from the worker in a shared buffer. Waking the loop costs a self-pipe write, a loop turn and
-        # GIL hand-overs with the worker (about 0.1 ms of CPU): once per token that was a third of a fast model's
-        # tokens/s. So the worker wakes the loop for the first text and the end at once, and in between at most
-        # every CHUNK_INTERVAL (or at the next token, when tokens come slower than that); the text that piled up
-        # arrives as one chunk. Discord shows a reply at most once a second, so nobody sees the difference.
+        # GIL hand-overs with the worker that slow it down: once per token that was a third of a fast model's
+        # tokens/s, every 10 ms still 5-8% on the tiny test model. So the worker wakes the loop for the first text
+        # and the end at once, and in between at most every CHUNK_INTERVAL (or at the next token, when tokens come
+        # slower than that); the text that piled up arrives as one chunk. Discord shows a reply at most once a
+        # second and a terminal 20 updates a second, so nobody sees the difference.
         lock = threading.Lock()
         buffer: list[object] = []
         ready = asyncio.Event()

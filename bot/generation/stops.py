@@ -15,6 +15,7 @@ class StopMatcher:
 
     def __init__(self, stops: Iterable[str]) -> None:
         self.stops = sorted({s for s in stops if s}, key=len, reverse=True)
+        self._firsts = "".join({s[0] for s in self.stops})
         self._held = ""
         self.stopped = False
         self.matched: str | None = None  # the stop string that ended the text
@@ -24,7 +25,9 @@ class StopMatcher:
         if self.stopped:
             return ""
         buf = self._held + text
-        if not self.stops:
+        if not any(first in buf for first in self._firsts):
+            # No stop string can start anywhere in it (held text would start one): all of it is safe to show. Most
+            # tokens take this path, which engines run once per token.
             self._held = ""
             return buf
         best = -1
