@@ -1,6 +1,6 @@
 """What rpbot's llama.cpp engine adds on top of llama-cpp-python, on the tiny test model (so overhead dominates).
 
-    PYTHONPATH=. python bench/engine_overhead.py [--tokens 400] [--runs 10] [--openai] [--json PATH]
+    PYTHONPATH=. python bench/engine_overhead.py [--tokens 1000] [--runs 15] [--openai] [--json PATH]
 
 The baseline calls llama-cpp-python directly: ``Llama.generate`` on the caller's thread, counting token ids (no
 text, no stop strings, no thread hand-over: the least any caller can do). rpbot's LlamaCppEngine does the same
@@ -154,8 +154,8 @@ async def openai_side(model: Path, folder: Path, args: argparse.Namespace) -> di
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, default=400, help="tokens per run (default 400)")
-    parser.add_argument("--runs", type=int, default=10, help="alternating pairs of runs (default 10)")
+    parser.add_argument("--tokens", type=int, default=1000, help="tokens per run (default 1000)")
+    parser.add_argument("--runs", type=int, default=15, help="alternating pairs of runs (default 15)")
     parser.add_argument("--openai", action="store_true", help="also measure the OpenAI engine against a local server")
     parser.add_argument("--json", type=Path, help="write the results here")
     return parser.parse_args(argv)
