@@ -71,9 +71,11 @@ def _upsert_statement(session: AsyncSession) -> Any:
     dialect = session.get_bind().dialect.name
     stmt = _UPSERTS.get(dialect)
     if stmt is None:
-        insert = dialect_insert(session, StoredMessage)
+        # On the table, not the ORM class: an ORM bulk insert would quietly put a column default in place of an
+        # explicit NULL, where the database must refuse it.
+        insert = dialect_insert(session, StoredMessage.__table__)
         stmt = _UPSERTS[dialect] = insert.on_conflict_do_update(
-            index_elements=[StoredMessage.id],
+            index_elements=[StoredMessage.__table__.c.id],
             set_={
                 "content": insert.excluded.content,
                 "attachments": insert.excluded.attachments,
