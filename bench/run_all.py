@@ -4,7 +4,7 @@
 
 Runs bot_overhead, prompt_bench, queue_overhead and engine_overhead (each in its own process, its output shown as
 it goes), writes their JSON results and ``summary.json`` / ``summary.md`` (the table, with the machine it ran on)
-to ``--results``. Takes about 4 minutes on a 2-core machine; ``--quick`` runs tiny sizes in well under a minute to
+to ``--results``. Takes about 3 minutes on a 2-core machine; ``--quick`` runs tiny sizes in well under a minute to
 check that everything works (its figures mean little). The GPU benchmark (``bench/gpu_bench.py``) needs a GPU and
 is not part of this run.
 """
