@@ -5,6 +5,7 @@ starved by a steady stream of later writes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -71,8 +72,9 @@ async def test_refused_writes_are_kept_and_land_in_order(db: Database, caplog: p
 
 async def test_a_change_the_database_refuses_is_dropped_alone(db: Database, caplog: pytest.LogCaptureFixture) -> None:
     writer = StoreWriter(db)
-    # A message without any text breaks the NOT NULL constraint: the database refuses that one, and only it.
-    writer.save([_record(1, "kept"), _record(2, None), _record(3, "kept too")])  # type: ignore[arg-type]
+    # A message without an author breaks a NOT NULL constraint: the database refuses that one, and only it.
+    broken = dataclasses.replace(_record(2, "refused"), author_id=None)
+    writer.save([_record(1, "kept"), broken, _record(3, "kept too")])
     writer.edit(1, "kept, edited", None)
     with caplog.at_level(logging.ERROR):
         assert await writer.flush(within=10)
