@@ -10,15 +10,12 @@ and the store is consistent: every generation finished, every message that arriv
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from sqlalchemy import select
 
@@ -30,52 +27,22 @@ from bot.storage import personas as persona_repo
 from bot.storage.migrate import upgrade_async
 from bot.storage.models import Generation, GenerationStatus, MessageKind
 from tests.discord_emulator import DiscordEmulator
-from tests.ops.conftest import free_port
+from tests.support.rpbot_process import BotProcess, start_bot
 
-ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 60.0  # importing discord.py and torch-free llama.cpp, loading the model, connecting
 EXIT_TIMEOUT = 60.0
 INTERRUPTED = "*(Seraphina was interrupted because the bot is restarting. Press Try again.)*"
 
 
 @dataclass
-class RunningBot:
-    process: asyncio.subprocess.Process
-    log_path: Path
-    metrics_port: int
-    db: Database
+class RunningBot(BotProcess):
+    """The bot process, with the database the test reads beside it."""
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    db: Database | None = None
 
     async def generations(self) -> list[Generation]:
+        assert self.db is not None
         async with self.db.session() as session:
             return list((await session.scalars(select(Generation).order_by(Generation.id))).all())
-
-
-async def _healthz(port: int) -> tuple[int, dict]:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
-        http.get(f"http://127.0.0.1:{port}/healthz") as response,
-    ):
-        return response.status, await response.json()
-
-
-async def _until(check: Callable[[], Awaitable[Any]], what: str, timeout: float, bot: RunningBot) -> Any:
-    """Poll ``check`` (async) until it returns something truthy; fail with the bot's log if it never does."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        if bot.process.returncode is not None:
-            pytest.fail(f"rpbot exited ({bot.process.returncode}) while waiting for {what}:\n{bot.log()[-4000:]}")
-        try:
-            value = await check()
-        except (aiohttp.ClientError, OSError):
-            value = None
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}:\n{bot.log()[-4000:]}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -97,36 +64,15 @@ async def world(emulator: DiscordEmulator, tmp_path: Path) -> AsyncIterator[dict
 
 
 async def _start(emulator: DiscordEmulator, world: dict, tiny_gguf: Path, tmp_path: Path, grace: float) -> RunningBot:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RPBOT_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        PYTHONUNBUFFERED="1",
-        RPBOT_DISCORD_TOKEN=emulator.token,
-        RPBOT_DISCORD_API_URL=emulator.api_url,
-        RPBOT_DISCORD_GATEWAY_URL=emulator.gateway_url,
-        RPBOT_DATABASE_URL=world["url"],
-        RPBOT_ENGINE="llamacpp",
-        RPBOT_MODEL_PATH=str(tiny_gguf),
-        RPBOT_LLAMACPP_THREADS="1",
-        RPBOT_MAX_NEW_TOKENS="1500",
-        RPBOT_STREAM_EDIT_INTERVAL="0.2",
-        RPBOT_METRICS_PORT=str(port),
-        RPBOT_SHUTDOWN_GRACE_SECONDS=str(grace),
-    )
-    log_path = tmp_path / "rpbot.log"
-    with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "--env-file", str(tmp_path / "absent.env"), "run",
-            stdout=log_file, stderr=asyncio.subprocess.STDOUT, env=env, cwd=tmp_path,
-        )  # fmt: skip
-    bot = RunningBot(process, log_path, port, world["db"])
-    await _until(lambda: _healthy(port), "rpbot to report healthy", START_TIMEOUT, bot)
-    return bot
-
-
-async def _healthy(port: int) -> bool:
-    return (await _healthz(port))[0] == 200
+    env = {
+        "RPBOT_ENGINE": "llamacpp",
+        "RPBOT_MODEL_PATH": str(tiny_gguf),
+        "RPBOT_LLAMACPP_THREADS": "1",
+        "RPBOT_MAX_NEW_TOKENS": "1500",
+        "RPBOT_SHUTDOWN_GRACE_SECONDS": str(grace),
+    }
+    proc = await start_bot(emulator, world["url"], tmp_path, env=env)
+    return RunningBot(proc.process, proc.log_path, proc.metrics_port, world["db"])
 
 
 @pytest.fixture
@@ -168,10 +114,10 @@ async def test_sigterm_lets_the_streaming_reply_finish(
     trigger, reply, signalled = await _sigterm_mid_reply(emulator, world, bot)
 
     # While it drains: unhealthy (so an orchestrator stops routing to it), still streaming, still storing messages.
-    status, body = await _until(lambda: _unhealthy(bot.metrics_port), "/healthz to say it is shutting down", 10, bot)
+    status, body = await bot.until(lambda: _unhealthy(bot), "/healthz to say it is shutting down", 10)
     assert status == 503 and "shutting down" in body["problems"]
     late = await emulator.user_message(world["channel"], world["bob"], "Seraphina, are you still there?")
-    await _until(lambda: _stored(bot, late.id), "the late message in the store", 10, bot)
+    await bot.until(lambda: _stored(bot, late.id), "the late message in the store", 10)
 
     await _exited_cleanly(bot)
     parts = [msg for msg in emulator.sent_messages(world["channel"], source="webhook") if not msg.deleted]
@@ -209,11 +155,12 @@ async def test_sigterm_without_grace_cancels_the_reply_with_a_notice(
     assert [(s.id, s.kind) for s in stored] == [(trigger.id, MessageKind.HUMAN)]
 
 
-async def _unhealthy(port: int) -> tuple[int, dict] | None:
-    status, body = await _healthz(port)
+async def _unhealthy(bot: RunningBot) -> tuple[int, dict] | None:
+    status, body = await bot.health()
     return (status, body) if status == 503 else None
 
 
 async def _stored(bot: RunningBot, message_id: int) -> bool:
+    assert bot.db is not None
     async with bot.db.session() as session:
         return await msg_repo.get_message(session, message_id) is not None

@@ -14,7 +14,8 @@ from bot.ops.metrics import BotMetrics, MetricsServer
 from bot.storage import Database
 from tests.discord_emulator import DiscordEmulator
 from tests.discord_emulator.fixtures import BotRunner, ErrorLogGuard
-from tests.ops.conftest import free_port, health, scrape
+from tests.ops.conftest import health, scrape
+from tests.support.rpbot_process import free_port
 from tests.support.scripted_engine import ScriptedEngine
 
 EXPORTED = {

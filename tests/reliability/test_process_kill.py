@@ -22,7 +22,7 @@ from bot.storage.migrate import upgrade_async
 from bot.storage.models import Generation, GenerationStatus
 from tests.discord_emulator import DiscordEmulator
 from tests.reliability.helpers import integrity_check
-from tests.reliability.process import start_bot
+from tests.support.rpbot_process import start_bot
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.discord_emulator import DiscordEmulator
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # tests/support/ -> the project root
 START_TIMEOUT = 90.0  # importing discord.py, loading the model, connecting: slow on a busy CI machine
 
 
