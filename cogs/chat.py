@@ -55,6 +55,8 @@ ALWAYS_MODE_DEBOUNCE = 1.5  # seconds of quiet before replying to a burst in "al
 QUEUE_NOTICE_AFTER = 2.0  # seconds waiting before the queue position is shown
 SHUTDOWN_CANCEL_WAIT = 5.0  # seconds replies get to post their "interrupted" notice after the grace period
 STORE_FLUSH_WAIT = 10.0  # seconds the shutdown waits for the message store's last writes
+RECORD_WAIT = 10.0  # seconds a button's action waits for its reply to be recorded
+BUTTON_RECORD_WAIT = 2.0  # the same before answering the click (Discord wants an answer within 3 s)
 TYPING_AFTER = 0.3  # seconds without a first token before the typing indicator starts
 NAME_CACHE_SIZE = 10_000
 TRIGGER_TYPES = (discord.MessageType.default, discord.MessageType.reply)
@@ -118,6 +120,7 @@ class ChatCog(commands.Cog):
         # generating is refused, anything else waits its turn (a click right after the text shows is not lost).
         self._button_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._generating: set[int] = set()
+        self._recording: dict[int, asyncio.Event] = {}  # generation id -> set once its reply is recorded
         # Discord events are handled in concurrent tasks; a per-channel lock taken before the first await keeps
         # a message's store, edit and delete in arrival order (a delete never overtakes its own message).
         self._store_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -623,10 +626,17 @@ class ChatCog(commands.Cog):
             if text is None:
                 return
             gen_id = await gen.get()
-            posted = await writer.finish(text, reply_view(gen_id, 0, 1))
-            previous = await self._store_reply(
-                gen_id, active, channel, posted, writer, text, alternatives=[text], selected_index=0, **fields
-            )
+            # Its buttons are live once the final text shows, a moment before the reply is recorded: a click in that
+            # moment waits for the record (see _change_reply_locked) rather than acting on a reply without parts.
+            recorded = self._recording[gen_id] = asyncio.Event()
+            try:
+                posted = await writer.finish(text, reply_view(gen_id, 0, 1))
+                previous = await self._store_reply(
+                    gen_id, active, channel, posted, writer, text, alternatives=[text], selected_index=0, **fields
+                )
+            finally:
+                recorded.set()
+                self._recording.pop(gen_id, None)
             if previous is not None:
                 await self._strip_buttons(channel, *previous)
         except Exception as exc:
@@ -1043,6 +1053,10 @@ class ChatCog(commands.Cog):
         channel = interaction.channel
         if interaction.guild is None or not isinstance(channel, discord.TextChannel | discord.Thread):
             raise UserFacingError("These buttons only work in server channels.")
+        recording = self._recording.get(gen_id)
+        if recording is not None:  # clicked the instant the reply showed: let it be recorded first (milliseconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(recording.wait(), timeout=BUTTON_RECORD_WAIT)
         async with self.bot.db.session() as session:
             gen = await gen_repo.get_generation(session, gen_id)
             latest = await gen_repo.latest_in_channel(session, channel.id)
@@ -1099,6 +1113,10 @@ class ChatCog(commands.Cog):
         action: str,
         user: discord.abc.User,
     ) -> None:
+        recording = self._recording.get(gen_id)
+        if recording is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(recording.wait(), timeout=RECORD_WAIT)
         async with self.bot.db.session() as session:
             gen = await gen_repo.get_generation(session, gen_id)
         if gen is None:
