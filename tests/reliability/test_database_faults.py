@@ -172,6 +172,11 @@ async def test_a_full_disk_is_a_clear_error_and_nothing_is_lost_once_space_retur
 
     await eventually(all_stored, "the messages said while the disk was full", timeout=15)
     # The reply asked for while the disk was full waited for the store (its history was not loaded yet) and came.
-    assert len(persona_messages(emulator, w.channel)) == 2
+    # Both triggers run once the store is written again, side by side: either may finish first.
+    await emulator.wait_until(
+        lambda: sorted(p.content for p in persona_messages(emulator, w.channel)) == ["Space again.", "x" * 1500],
+        "both replies in full",
+        timeout=15,
+    )
     await assert_store_matches_discord(emulator, w.bot, w.channel)
     assert integrity_check(_db_file(w.bot)) == "ok"
