@@ -109,7 +109,11 @@ async def reply_once(
             conversation=CHANNEL_ID,
         )
         request = GenerationRequest(
-            prompt=built.text, params=SamplerParams(), stop=built.stop, max_new_tokens=settings.max_new_tokens
+            prompt=built.text,
+            params=SamplerParams(),
+            stop=built.stop,
+            max_new_tokens=settings.max_new_tokens,
+            prompt_tokens=built.prompt_tokens,
         )
         req = queue.submit(GenerationJob(request=request, guild_id=None, channel_id=CHANNEL_ID, label="terminal"))
         out.write(f"{name}: ")

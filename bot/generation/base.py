@@ -97,6 +97,9 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     max_new_tokens: int = 300
     banned_strings: list[str] = field(default_factory=list)
+    # The prompt's length by this engine's own count_tokens, when the caller already counted it (the prompt builder
+    # does): engines that only count, not tokenize, skip counting a 4096-token prompt a second time.
+    prompt_tokens: int | None = None
 
 
 @dataclass(slots=True)
@@ -168,8 +171,9 @@ class Engine(abc.ABC):
         return False
 
     def check_fits(self, request: GenerationRequest) -> int:
-        """Count the prompt and raise PromptTooLong if prompt + max_new_tokens exceeds the context."""
-        tokens = self.count_tokens(request.prompt)
+        """Count the prompt (unless the request carries its count) and raise PromptTooLong if prompt +
+        max_new_tokens exceeds the context."""
+        tokens = request.prompt_tokens if request.prompt_tokens is not None else self.count_tokens(request.prompt)
         if tokens + request.max_new_tokens > self.context_tokens:
             raise PromptTooLong(tokens, request.max_new_tokens, self.context_tokens)
         return tokens

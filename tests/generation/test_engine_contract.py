@@ -126,6 +126,27 @@ async def test_a_prompt_longer_than_the_context_is_refused_before_starting(engin
         engine.stream(GenerationRequest(PROMPT, max_new_tokens=4096 - near + 1))
 
 
+async def test_a_count_the_caller_already_has_is_used_not_redone(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prompt builder counts every prompt with the engine's own counter; the engine must not count it again.
+    (Engines that tokenize to generate, like llama.cpp, use their tokens; the count they report still agrees.)"""
+    counted = engine.count_tokens(PROMPT)
+    calls: list[str] = []
+    original = engine.count_tokens
+    monkeypatch.setattr(engine, "count_tokens", lambda text: calls.append(text) or original(text))
+    _chunks, result = await generate(engine, GenerationRequest(PROMPT, max_new_tokens=4, prompt_tokens=counted))
+    assert PROMPT not in calls
+    assert abs(result.prompt_tokens - counted) <= 1  # llama.cpp counts the BOS token as well
+
+
+@pytest.mark.parametrize("engine", ["scripted", "openai"], indirect=True)  # the engines that only count
+async def test_a_carried_count_decides_whether_the_prompt_fits(engine: Engine) -> None:
+    with pytest.raises(PromptTooLong) as caught:
+        engine.stream(GenerationRequest(PROMPT, max_new_tokens=100, prompt_tokens=4096 - 99))
+    assert caught.value.prompt_tokens == 4096 - 99
+
+
 async def test_serves_a_queue(engine: Engine) -> None:
     queue = GenerationQueue(engine, max_size=10, timeout=60)
     await queue.start()
