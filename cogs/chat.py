@@ -797,7 +797,13 @@ class ChatCog(commands.Cog):
             max_new_tokens=max_new,
         )
         participants = list(built.participants) or [user_name]
-        request = GenerationRequest(prompt=built.text, params=params, stop=built.stop, max_new_tokens=max_new)
+        request = GenerationRequest(
+            prompt=built.text,
+            params=params,
+            stop=built.stop,
+            max_new_tokens=max_new,
+            prompt_tokens=built.prompt_tokens,  # counted by the engine's own counter
+        )
         job = GenerationJob(
             request=request,
             guild_id=active.guild_id,
@@ -836,6 +842,10 @@ class ChatCog(commands.Cog):
             async for chunk in req.chunks():
                 first_chunk.set()
                 raw += chunk
+                if req.finished:
+                    # The whole reply is already here (a fast engine, a short reply): it is checked and posted
+                    # once, final and with its buttons, right below; an in-progress post would cost a second edit.
+                    continue
                 if not policy.filters and not writer.due():
                     # Nothing to check, nothing to show yet: cleaning the whole text again for every chunk made a
                     # reply cost quadratic time in its length.

@@ -327,6 +327,21 @@ async def test_streaming_edits_are_throttled_and_final_text_always_sent(emulator
     assert reply.content_history and all(text.startswith(h.removesuffix(" …")) for h in reply.content_history)
 
 
+async def test_a_reply_complete_before_it_is_first_shown_is_posted_once_final(
+    emulator: DiscordEmulator, run_bot
+) -> None:
+    """A fast engine finished the whole reply before the first post: one POST with the final text and the buttons,
+    no in-progress text with a cursor and no edit to finish it."""
+    from tests.support.scripted_engine import ScriptedEngine
+
+    text = "The glade is quiet, and the stars are out."
+    w = await make_world(emulator, run_bot, engine=ScriptedEngine(text, chunk_tokens=1000))
+    await emulator.user_message(w.channel, w.alice, "Seraphina, hello")
+    reply = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, reply, text)
+    assert reply.content_history == [] and reply.edits == []
+
+
 async def test_buttons_leave_the_previous_reply_when_another_persona_answers(
     emulator: DiscordEmulator, run_bot
 ) -> None:
