@@ -74,6 +74,9 @@ class RPBot(commands.AutoShardedBot):
     ) -> None:
         apply_discord_urls(settings)
         kwargs: dict[str, Any] = {}
+        # Edits and deletes arrive as raw events and the message store is ours: discord.py's cache of the last
+        # 1,000 messages would only cost a linear search per MESSAGE_UPDATE (every streamed edit is one).
+        options.setdefault("max_messages", None)
         if settings.shard_count is not None:
             kwargs["shard_count"] = settings.shard_count
         if settings.shard_ids is not None:
