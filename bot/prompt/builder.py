@@ -246,13 +246,6 @@ class PromptBuilder:
             self.tokenized_messages += 1
         return value
 
-    def _cached_item(self, key: tuple[Any, ...]) -> _Item | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
     def _keep_item(self, key: tuple[Any, ...], item: _Item) -> None:
         with self._lock:
             self._items.put(key, item)
@@ -534,43 +527,70 @@ class _Context:
         }
 
     def _render(self, history: Sequence[HistoryMessage]) -> list[_Item]:
-        items: list[_Item] = []
+        # Every turn passes the whole recent history (hundreds of messages) and nearly all of it was rendered for
+        # the previous turn: the first pass finds those in the builder's cache under one lock, with each author's
+        # current name looked up once; only the rest (usually the newest message) is rendered in the second.
         users = self.mentions.users
-        for message in history:
-            kind = kind_of(message)
-            own = self._is_own(message, kind)
-            content = message.content or ""
-            raw_name = users.get(message.author_id) if kind is MessageKind.HUMAN and not own else None
-            # A message without markup or attachments renders from these fields alone. Every turn passes the whole
-            # recent history, so re-rendering it was most of a build's time.
-            plain = not message.attachments and "<" not in content
-            if plain:
-                cache_key = (message.id, message.edited_at, content, message.author_name, raw_name, own, self.char)
-                cached = self.b._cached_item(cache_key)
-                if cached is not None:
-                    items.append(cached)
-                    continue
-            if not own and is_out_of_character(content):
+        names: dict[int, str | None] = {}
+        char = self.char
+        found: list[_Item | tuple[HistoryMessage, bool, str | None, tuple[Any, ...] | None]] = []
+        cache = self.b._items
+        with self.b._lock:
+            for message in history:
+                kind = kind_of(message)
+                own = self._is_own(message, kind)
+                raw_name: str | None = None
+                if kind is MessageKind.HUMAN and not own:
+                    author = message.author_id
+                    if author in names:
+                        raw_name = names[author]
+                    else:
+                        raw_name = names[author] = users.get(author)
+                content = message.content or ""
+                # A message without markup or attachments renders from these fields alone.
+                cache_key = None
+                if not message.attachments and "<" not in content:
+                    cache_key = (message.id, message.edited_at, content, message.author_name, raw_name, own, char)
+                    cached = cache.get(cache_key)
+                    if cached is not None:
+                        cache.move_to_end(cache_key)
+                        found.append(cached)
+                        continue
+                found.append((message, own, raw_name, cache_key))
+        items: list[_Item] = []
+        for entry in found:
+            if isinstance(entry, _Item):
+                items.append(entry)
                 continue
-            text = message_text(content, message.attachments, self.mentions, created_at=message.created_at)
-            if not text:
+            message, own, raw_name, cache_key = entry
+            item = self._render_one(message, own, raw_name)
+            if item is None:
                 continue
-            if own:
-                speaker, line = self.char, neutralize(text)
-                role = Role.MODEL
-            else:
-                speaker = clean_name(raw_name or message.author_name)
-                line = neutralize(f"{speaker}: {text}")
-                role = Role.USER
-            head = role.marker + (f"{self.char}: " if role is Role.MODEL else "")
-            key = (message.id, message.edited_at, head, line)
-            first, joined = self.b._count_message(key, head + line, "\n" + line)
-            scan = line if role is Role.USER else f"{speaker}: {line}"
-            item = _Item(message.id, role, speaker, line, first, joined, scan)
-            if plain:
+            if cache_key is not None:
                 self.b._keep_item(cache_key, item)
             items.append(item)
         return items
+
+    def _render_one(self, message: HistoryMessage, own: bool, raw_name: str | None) -> _Item | None:
+        """One message as a prompt line (None when it has no place in the prompt)."""
+        content = message.content or ""
+        if not own and is_out_of_character(content):
+            return None
+        text = message_text(content, message.attachments, self.mentions, created_at=message.created_at)
+        if not text:
+            return None
+        if own:
+            speaker, line = self.char, neutralize(text)
+            role = Role.MODEL
+        else:
+            speaker = clean_name(raw_name or message.author_name)
+            line = neutralize(f"{speaker}: {text}")
+            role = Role.USER
+        head = role.marker + (f"{self.char}: " if role is Role.MODEL else "")
+        key = (message.id, message.edited_at, head, line)
+        first, joined = self.b._count_message(key, head + line, "\n" + line)
+        scan = line if role is Role.USER else f"{speaker}: {line}"
+        return _Item(message.id, role, speaker, line, first, joined, scan)
 
     def _continuation(self, text: str) -> str:
         cont = neutralize(tidy(text))
