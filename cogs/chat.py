@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import ChainMap, OrderedDict, defaultdict
 from collections.abc import Mapping
@@ -1096,6 +1097,16 @@ class ChatCog(commands.Cog):
             raise UserFacingError("The persona that wrote this reply is no longer active here.")
         if action in ("regen", "cont") and channel.id in self._generating:
             raise UserFacingError("A reply is already being written here; wait for it to finish.")
+        if action in ("regen", "cont"):
+            # Regenerating costs the model as much as a new message: it counts against the same per-user limit
+            # (swiping between stored versions is free).
+            guild_id, user_id = interaction.guild.id, interaction.user.id
+            if not self.limiter.hit(guild_id, user_id, policy.ratelimit_count, policy.ratelimit_seconds):
+                wait = self.limiter.retry_after(guild_id, user_id, policy.ratelimit_seconds)
+                raise UserFacingError(
+                    f"You have asked for {policy.ratelimit_count} replies in {policy.ratelimit_seconds:g} seconds, "
+                    f"this server's limit; try again in {max(1, math.ceil(wait))} seconds."
+                )
         await interaction.response.defer()
         self._spawn(self._change_reply(channel, active, gen.id, action, interaction.user))
 

@@ -388,6 +388,37 @@ async def test_rate_limit_counts_replies_not_messages_in_always_mode(
     assert len(scripted_engine.prompts) == 1
 
 
+async def test_regenerate_and_continue_count_against_the_rate_limit(
+    emulator: DiscordEmulator, chat_bot: RPBot, world: World, scripted_engine: ScriptedEngine
+) -> None:
+    """A regenerate costs the model as much as a message: spamming the button cannot get round the limit."""
+    await activate_persona(chat_bot, world.nsfw)
+    await admin(emulator, world.nsfw, world.admin, "ratelimit", count=2, seconds=3600)
+    await emulator.user_message(world.nsfw, world.member, "Aria, one")
+    reply = await finished_reply(emulator, world.nsfw)
+    [gen] = await generations(chat_bot)
+
+    regen = await emulator.click_button(reply, f"rpbot:regen:{gen.id}", world.member)  # the second of two
+    await regen.wait_response()
+    await emulator.wait_until(lambda: len(scripted_engine.prompts) == 2 and reply.components, "the regenerated reply")
+    cog = chat_bot.get_cog("ChatCog")
+    await emulator.wait_until(lambda: world.nsfw.id not in cog._generating, "the regenerated reply recorded")  # type: ignore[union-attr]
+
+    for action in ("regen", "cont"):
+        refused = await emulator.click_button(reply, f"rpbot:{action}:{gen.id}", world.member)
+        await refused.wait_response()
+        assert refused.ephemeral and "2 replies in 3600 seconds" in refused.content
+        assert "try again in" in refused.content
+    assert len(scripted_engine.prompts) == 2
+    # Swiping between the stored versions generates nothing and stays free; another member has a limit of their own.
+    back = await emulator.click_button(reply, f"rpbot:prev:{gen.id}", world.member)
+    await back.wait_response()
+    assert not back.ephemeral
+    other = await emulator.click_button(reply, f"rpbot:regen:{gen.id}", world.admin)
+    await other.wait_response()
+    await emulator.wait_until(lambda: len(scripted_engine.prompts) == 3, "the admin's regenerate")
+
+
 # ---- retention -----------------------------------------------------------------------------------------------------
 
 
