@@ -94,6 +94,9 @@ class Settings(BaseSettings):
 
     # Discord behaviour.
     message_retention_days: int = Field(0, ge=0)
+    # A trigger said while the bot was away is answered on its return if it is the channel's newest message and at
+    # most this many minutes old; 0 answers none.
+    missed_trigger_minutes: float = Field(10.0, ge=0)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
     stream_edit_interval: float = Field(1.0, ge=0.2)
 

@@ -350,17 +350,24 @@ class ChatCog(commands.Cog):
             channel = self.bot.get_channel(row.channel_id)
             if isinstance(channel, discord.TextChannel | discord.Thread):
                 try:
-                    await self.backfill(channel)
+                    await self.backfill(channel, answer_missed=True)
                 except discord.HTTPException as exc:
                     log.warning("could not backfill channel %s: %s", row.channel_id, exc)
 
-    async def backfill(self, channel: discord.TextChannel | discord.Thread, limit: int = BACKFILL_LIMIT) -> int:
-        """Store what was said while the bot was away (or before a persona was activated). Returns how many."""
+    async def backfill(
+        self, channel: discord.TextChannel | discord.Thread, limit: int = BACKFILL_LIMIT, *, answer_missed: bool = False
+    ) -> int:
+        """Store what was said while the bot was away (or before a persona was activated). Returns how many.
+
+        With ``answer_missed`` (after a restart or a lost session), the channel's newest message, when it is a
+        recent trigger the bot never saw, is answered as if it had just been said."""
         await self.writer.flush()
         records: list[MessageRecord] = []
+        newest: discord.Message | None = None
         # The newest messages, not those after the newest stored one: a reply posted while the gateway was down is
         # newer than what people said in that gap. Only messages the store lacks are added (edits stay as they are).
         async for message in channel.history(limit=limit):
+            newest = newest or message
             if message.author.id == self.bot.user.id or self.poster.is_own_webhook(message.webhook_id):
                 continue  # our own replies are stored when sent
             if message.type not in TRIGGER_TYPES or self.history.get(channel.id, message.id) is not None:
@@ -373,7 +380,21 @@ class ChatCog(commands.Cog):
             records = sorted((r for r in records if r.id not in known), key=lambda r: r.id)
         records = await self._storable(channel.guild.id, records)
         self._save(records)
+        if answer_missed and newest is not None and any(r.id == newest.id for r in records):
+            await self._answer_missed(channel, newest)
         return len(records)
+
+    async def _answer_missed(self, channel: discord.TextChannel | discord.Thread, message: discord.Message) -> None:
+        if self._kind_of(message) is not MessageKind.HUMAN or not self._accepting:
+            return
+        # Older than that, the conversation has moved on or been abandoned (RPBOT_MISSED_TRIGGER_MINUTES).
+        max_age = timedelta(minutes=self.bot.settings.missed_trigger_minutes)
+        if discord.utils.utcnow() - message.created_at > max_age:
+            return
+        active = await self.active_channel(channel)
+        if active is not None:
+            log.info("answering message %s in channel %s, said while the bot was away", message.id, channel.id)
+            await self._maybe_reply(message, channel, active)
 
     async def _storable(self, guild_id: int, records: list[MessageRecord]) -> list[MessageRecord]:
         """Leave out of a backfill what moderation removed or excludes: messages of users who asked to be forgotten

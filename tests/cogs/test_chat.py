@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from sqlalchemy import select
+
 from bot.storage import generations as gen_repo
 from bot.storage import messages as msg_repo
-from bot.storage.models import GenerationStatus, MessageKind
+from bot.storage.models import Generation, GenerationStatus, MessageKind
 from tests.cogs._world import World, eventually, make_world
 from tests.discord_emulator import DiscordEmulator
+from tests.reliability.helpers import persona_messages
 
 
 async def test_persona_replies_through_webhook_with_its_name(emulator: DiscordEmulator, run_bot) -> None:
@@ -233,6 +238,53 @@ async def test_persona_and_buttons_survive_a_restart(emulator: DiscordEmulator, 
     again = await emulator.wait_for_webhook_message(w.channel)
     await _final(emulator, again, "Regenerated.")
     assert bot.get_cog("ChatCog") is not None
+
+
+async def test_a_trigger_said_while_the_bot_was_down_is_answered_when_it_returns(
+    emulator: DiscordEmulator, run_bot
+) -> None:
+    w = await make_world(emulator, run_bot, replies=["Before.", "I am back, Alice.", "Later."])
+    await emulator.user_message(w.channel, w.alice, "Seraphina, hi")
+    await _final(emulator, await emulator.wait_for_webhook_message(w.channel), "Before.")
+    await run_bot.stop(w.bot)
+
+    await emulator.user_message(w.channel, w.bob, "Is she gone?")
+    missed = await emulator.user_message(w.channel, w.alice, "Seraphina, are you there?")
+    bot = await run_bot(engine=w.engine, start_generation=True, extensions=w.bot.extensions_to_load)
+    await emulator.wait_until(
+        lambda: (
+            [p.content for p in persona_messages(emulator, w.channel)] == ["Before.", "I am back, Alice."]
+            and persona_messages(emulator, w.channel)[-1].components
+        ),
+        "the missed trigger answered",
+    )
+    assert "Alice: Seraphina, are you there?" in w.engine.prompts[-1] and "Bob: Is she gone?" in w.engine.prompts[-1]
+    async with bot.db.session() as s:
+        gens = await s.scalars(select(Generation).order_by(Generation.id))
+        assert [g.trigger_message_id for g in gens][-1] == missed.id
+
+    # Too old, or no longer the newest message: left unanswered (the conversation moved on).
+    async def backfilled(bot, message) -> bool:  # type: ignore[no-untyped-def]
+        async with bot.db.session() as s:
+            return await msg_repo.get_message(s, message.id) is not None
+
+    await run_bot.stop(bot)
+    stale = await emulator.user_message(w.channel, w.alice, "Seraphina, still there?")
+    await asyncio.sleep(0.05)
+    bot = await run_bot(
+        engine=w.engine,
+        start_generation=True,
+        extensions=w.bot.extensions_to_load,
+        settings={"missed_trigger_minutes": 0.0005},  # 30 ms
+    )
+    await eventually(lambda: backfilled(bot, stale), "the stale trigger stored")
+    await run_bot.stop(bot)
+    await emulator.user_message(w.channel, w.alice, "Seraphina, one more?")
+    later = await emulator.user_message(w.channel, w.bob, "never mind")
+    bot = await run_bot(engine=w.engine, start_generation=True, extensions=w.bot.extensions_to_load)
+    await eventually(lambda: backfilled(bot, later), "the last restart's backfill")
+    await asyncio.sleep(0.3)
+    assert len(persona_messages(emulator, w.channel)) == 2 and len(w.engine.prompts) == 2
 
 
 async def test_threads_inherit_the_persona_and_reply_through_the_parent_webhook(

@@ -184,10 +184,11 @@ async def test_lost_session_fresh_identify_keeps_the_reply_and_backfills_the_gap
         return all(g.id in ids for g in gap)
 
     await eventually(gap_stored, "the messages said during the gap stored by the backfill")
-    # Nothing said in the gap triggered a reply (no event came), nothing was answered twice, and the next reply's
-    # prompt holds what was said while the bot was away.
-    await emulator.user_message(w.channel, w.bob, "Seraphina, what is the password?")
+    # No event came for the gap, but its last message named the persona: it is answered once the bot is back (once),
+    # and that reply's prompt holds everything said while the bot was away.
     await _final(emulator, w.channel, "I read it all.")
-    assert "swordfish" in w.engine.prompts[-1]
+    assert "swordfish" in w.engine.prompts[-1] and "Alice: Remember that, Seraphina." in w.engine.prompts[-1]
+    await asyncio.sleep(0.2)
     assert [p.content for p in persona_messages(emulator, w.channel)] == [LONG, "I read it all."]
+    assert len(w.engine.prompts) == 2
     await assert_store_matches_discord(emulator, w.bot, w.channel)
