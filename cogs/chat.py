@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 400  # stored messages read per prompt; the builder trims to the token budget
 BACKFILL_LIMIT = 50
+CLAIMED_KEPT = 10_000  # recent trigger ids remembered, far more than arrive during one backfill
 INTERRUPTED_SCAN = 20  # messages after a cut-off reply's trigger searched for its half-written message
 ALWAYS_MODE_DEBOUNCE = 1.5  # seconds of quiet before replying to a burst in "always" mode
 QUEUE_NOTICE_AFTER = 2.0  # seconds waiting before the queue position is shown
@@ -121,6 +122,9 @@ class ChatCog(commands.Cog):
         # generating is refused, anything else waits its turn (a click right after the text shows is not lost).
         self._button_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._generating: set[int] = set()
+        # Messages already taken as triggers (live from the gateway, or by a backfill after a restart): a message
+        # that arrives both ways while a backfill runs is answered once.
+        self._claimed: OrderedDict[int, None] = OrderedDict()
         self._recording: dict[int, asyncio.Event] = {}  # generation id -> set once its reply is recorded
         # Discord events are handled in concurrent tasks; a per-channel lock taken before the first await keeps
         # a message's store, edit and delete in arrival order (a delete never overtakes its own message).
@@ -384,9 +388,20 @@ class ChatCog(commands.Cog):
             await self._answer_missed(channel, newest)
         return len(records)
 
+    def _claim(self, message_id: int) -> bool:
+        """Take a message as a trigger; False when it was already taken (by the gateway or a backfill)."""
+        if message_id in self._claimed:
+            return False
+        self._claimed[message_id] = None
+        if len(self._claimed) > CLAIMED_KEPT:
+            self._claimed.popitem(last=False)
+        return True
+
     async def _answer_missed(self, channel: discord.TextChannel | discord.Thread, message: discord.Message) -> None:
         if self._kind_of(message) is not MessageKind.HUMAN or not self._accepting:
             return
+        if not self._claim(message.id):
+            return  # it also arrived live while the backfill ran, and is answered from there
         # Older than that, the conversation has moved on or been abandoned (RPBOT_MISSED_TRIGGER_MINUTES).
         max_age = timedelta(minutes=self.bot.settings.missed_trigger_minutes)
         if discord.utils.utcnow() - message.created_at > max_age:
@@ -425,6 +440,7 @@ class ChatCog(commands.Cog):
         channel = message.channel
         if not isinstance(channel, discord.TextChannel | discord.Thread):
             return
+        fresh = self._claim(message.id)
         async with self._store_locks[channel.id]:
             active = await self.active_channel(channel)
             if active is None:
@@ -446,7 +462,7 @@ class ChatCog(commands.Cog):
                 self._remember_name(user.id, user.display_name)
             self._save([self._record(message, kind)])
         # While shutting down messages are still stored (nothing said is lost) but trigger nothing.
-        if kind is MessageKind.HUMAN and self._accepting:
+        if kind is MessageKind.HUMAN and self._accepting and fresh:
             try:
                 await self._maybe_reply(message, channel, active)
             except Exception as exc:
