@@ -125,6 +125,10 @@ class ChatCog(commands.Cog):
         # Messages already taken as triggers (live from the gateway, or by a backfill after a restart): a message
         # that arrives both ways while a backfill runs is answered once.
         self._claimed: OrderedDict[int, None] = OrderedDict()
+        # Per channel, the recorded reply that carries the buttons: (generation id, its last message id, persona id).
+        # It spares each new reply two reads (which reply to strip, and its own row); unknown after a restart, when
+        # the database answers instead.
+        self._with_buttons: dict[int, tuple[int, int, int]] = {}
         self._recording: dict[int, asyncio.Event] = {}  # generation id -> set once its reply is recorded
         # Discord events are handled in concurrent tasks; a per-channel lock taken before the first await keeps
         # a message's store, edit and delete in arrival order (a delete never overtakes its own message).
@@ -670,7 +674,16 @@ class ChatCog(commands.Cog):
             try:
                 posted = await writer.finish(text, reply_view(gen_id, 0, 1))
                 previous = await self._store_reply(
-                    gen_id, active, channel, posted, writer, text, alternatives=[text], selected_index=0, **fields
+                    gen_id,
+                    active,
+                    channel,
+                    posted,
+                    writer,
+                    text,
+                    new=True,
+                    alternatives=[text],
+                    selected_index=0,
+                    **fields,
                 )
             finally:
                 recorded.set()
@@ -984,14 +997,38 @@ class ChatCog(commands.Cog):
         posted: list[Posted],
         writer: ReplyWriter,
         text: str,
+        *,
+        new: bool = False,
         **fields: Any,
     ) -> tuple[int, Persona] | None:
         """Record the reply: its messages in the store (so later prompts see it) and, in one write, the generation's
         fields and message ids. Returns the last message of the channel's previous reply that still has buttons, and
-        its persona (read in the same transaction, so stripping them needs no second one)."""
+        its persona (read in the same transaction, so stripping them needs no second one).
+
+        ``new``: a reply just generated (not a regenerate or continue of a recorded one): written without reading."""
         records = self._persona_records(active, channel, posted, text)
         old_ids: list[int] = []
         previous: tuple[int, Persona] | None = None
+        ids = [p.id for p in posted]
+        known = self._with_buttons.get(channel.id)
+        if new:
+            async with self.bot.db.session() as session:
+                await gen_repo.record_new_reply(
+                    session, gen_id, ids, via_webhook=all(p.via_webhook for p in posted), **fields
+                )
+                if known is not None and known[0] < gen_id:
+                    prev = (known[1], known[2])
+                else:  # unknown since a restart, or a newer reply was recorded first: ask the database
+                    row = await gen_repo.previous_reply(session, channel.id, gen_id)
+                    ok = row is not None and row.reply_message_ids and row.persona_id is not None
+                    prev = (row.reply_message_ids[-1], row.persona_id) if ok else None  # type: ignore[union-attr]
+                if prev is not None:
+                    persona = active.persona if prev[1] == active.persona.id else await session.get(Persona, prev[1])
+                    previous = (prev[0], persona) if persona is not None else None
+            if ids and (known is None or known[0] < gen_id):
+                self._with_buttons[channel.id] = (gen_id, ids[-1], active.persona.id)
+            self._save(records)
+            return previous
         async with self.bot.db.session() as session:
             row = await gen_repo.get_generation(session, gen_id)
             if row is not None:
@@ -1014,6 +1051,8 @@ class ChatCog(commands.Cog):
                     )
                     if persona is not None:
                         previous = (prev.reply_message_ids[-1], persona)
+        if known is not None and known[0] == gen_id and ids:
+            self._with_buttons[channel.id] = (gen_id, ids[-1], known[2])  # a regenerate may have split differently
         if old_ids:
             self.history.delete(channel.id, old_ids)
             self.writer.delete(old_ids)
@@ -1268,6 +1307,8 @@ class ChatCog(commands.Cog):
             )
         self.history.delete(channel.id, gen.reply_message_ids)
         self.writer.delete(gen.reply_message_ids)
+        if (self._with_buttons.get(channel.id) or (None,))[0] == gen.id:
+            del self._with_buttons[channel.id]  # the one before it lost its buttons long ago: nothing to strip now
         async with self.bot.db.session() as session:
             row = await gen_repo.get_generation(session, gen.id)
             if row is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import Generation, GenerationStatus, utcnow
@@ -18,6 +18,28 @@ async def create_generation(session: AsyncSession, **fields: Any) -> Generation:
     session.add(gen)
     await session.flush()
     return gen
+
+
+async def record_new_reply(
+    session: AsyncSession,
+    generation_id: int,
+    message_ids: Sequence[int],
+    *,
+    via_webhook: bool,
+    add_completion_tokens: int = 0,
+    **fields: Any,
+) -> None:
+    """Write a just-posted reply's outcome and message ids in one UPDATE, without reading the row first (a new
+    reply's row has no messages yet, and every field is given here)."""
+    values: dict[str, Any] = {
+        **fields,
+        "reply_message_ids": list(message_ids),
+        "reply_message_id": message_ids[0] if message_ids else None,
+        "sampler": {**(fields.get("sampler") or {}), "via_webhook": via_webhook},
+    }
+    if add_completion_tokens:
+        values["completion_tokens"] = func.coalesce(Generation.completion_tokens, 0) + add_completion_tokens
+    await session.execute(update(Generation).where(Generation.id == generation_id).values(**values))
 
 
 async def get_generation(session: AsyncSession, generation_id: int) -> Generation | None:

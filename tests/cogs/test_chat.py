@@ -240,6 +240,37 @@ async def test_persona_and_buttons_survive_a_restart(emulator: DiscordEmulator, 
     assert bot.get_cog("ChatCog") is not None
 
 
+async def test_only_the_latest_reply_has_buttons_across_a_restart_and_a_delete(
+    emulator: DiscordEmulator, run_bot
+) -> None:
+    w = await make_world(emulator, run_bot, replies=["One.", "Two.", "Three.", "Four."])
+    await emulator.user_message(w.channel, w.alice, "Seraphina, one")
+    one = await emulator.wait_for_webhook_message(w.channel)
+    await _final(emulator, one, "One.")
+    await emulator.user_message(w.channel, w.alice, "Seraphina, two")
+    two = await emulator.wait_for_message(w.channel, lambda m: m.source == "webhook" and m.id != one.id)
+    await _final(emulator, two, "Two.")
+    await emulator.wait_until(lambda: not one.components, "the first reply's buttons gone")
+
+    # After a restart the bot has no memory of which reply has the buttons: the database says.
+    await run_bot.stop(w.bot)
+    await run_bot(engine=w.engine, start_generation=True, extensions=w.bot.extensions_to_load)
+    await emulator.user_message(w.channel, w.alice, "Seraphina, three")
+    three = await emulator.wait_for_message(w.channel, lambda m: m.source == "webhook" and m.content == "Three.")
+    await _final(emulator, three, "Three.")
+    await emulator.wait_until(lambda: not two.components, "the pre-restart reply's buttons gone")
+
+    # The latest reply deleted: the next one keeps its buttons, and nothing older gets them back.
+    click = await emulator.click_button(three, _button(three, "🗑"), w.alice)
+    await click.wait_response()
+    await emulator.wait_until(lambda: three.deleted, "the third reply deleted")
+    await emulator.user_message(w.channel, w.alice, "Seraphina, four")
+    four = await emulator.wait_for_message(w.channel, lambda m: m.source == "webhook" and m.content == "Four.")
+    await _final(emulator, four, "Four.")
+    await asyncio.sleep(0.2)
+    assert four.components and not one.components and not two.components
+
+
 async def test_a_trigger_said_while_the_bot_was_down_is_answered_when_it_returns(
     emulator: DiscordEmulator, run_bot
 ) -> None:

@@ -169,6 +169,32 @@ async def test_generations_and_crash_recovery(db: Database) -> None:
         assert await gen_repo.unfinished(s) == []
 
 
+async def test_a_new_reply_is_recorded_in_one_write(db: Database) -> None:
+    async with db.session() as s:
+        g = await gen_repo.create_generation(s, guild_id=GUILD, channel_id=CHANNEL, trigger_message_id=5, user_id=7)
+    async with db.session() as s:
+        await gen_repo.record_new_reply(
+            s,
+            g.id,
+            [301, 302],
+            via_webhook=True,
+            add_completion_tokens=12,
+            status=GenerationStatus.DONE,
+            finish_reason="eos",
+            sampler={"temperature": 0.8},
+            alternatives=["part one part two"],
+            selected_index=0,
+        )
+    async with db.session() as s:
+        row = await gen_repo.get_generation(s, g.id)
+        assert row is not None and row.status is GenerationStatus.DONE and row.finish_reason == "eos"
+        assert (row.reply_message_id, row.reply_message_ids, row.completion_tokens) == (301, [301, 302], 12)
+        assert row.sampler == {"temperature": 0.8, "via_webhook": True} and row.alternatives == ["part one part two"]
+        assert (await gen_repo.by_reply_message(s, 302)).id == g.id
+        later = await gen_repo.create_generation(s, guild_id=GUILD, channel_id=CHANNEL)
+        assert (await gen_repo.previous_reply(s, CHANNEL, later.id)).id == g.id
+
+
 async def test_moderation_and_audit(db: Database) -> None:
     async with db.session() as s:
         assert await mod_repo.block_user(s, GUILD, 7, by=1, reason="spam")
