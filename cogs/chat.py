@@ -222,10 +222,14 @@ class ChatCog(commands.Cog):
         if channel_id is None:
             self._active.clear()
         else:
-            # A thread caches its parent's settings, so drop every entry that points at this channel too.
-            for key in [
-                k for k, v in self._active.items() if k == channel_id or (v and v.settings_channel_id == channel_id)
-            ]:
+            # A thread caches its parent's settings, so drop every entry that points at this channel too, and the
+            # "no persona" entries (a thread of this channel may have one now).
+            stale = [
+                k
+                for k, v in self._active.items()
+                if k == channel_id or v is None or v.settings_channel_id == channel_id
+            ]
+            for key in stale:
                 self._active.pop(key, None)
 
     def invalidate_persona(self, persona_id: int) -> None:
@@ -241,15 +245,11 @@ class ChatCog(commands.Cog):
         if channel.id in self._active:
             return self._active[channel.id]
         found: ActiveChannel | None = None
+        parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
         async with self.bot.db.session() as session:
-            candidates = [channel.id]
-            if isinstance(channel, discord.Thread) and channel.parent_id:
-                candidates.append(channel.parent_id)
-            for cid in candidates:
-                active = await channel_repo.active_persona(session, cid)
-                if active is not None:
-                    found = ActiveChannel(cid, channel.guild.id, active[0], active[1])
-                    break
+            active = await channel_repo.effective_persona(session, channel.id, parent_id)
+        if active is not None:
+            found = ActiveChannel(active[0].channel_id, channel.guild.id, active[0], active[1])
         self._active[channel.id] = found
         return found
 

@@ -43,10 +43,10 @@ class ChatGroup(app_commands.Group, name="chat", description="The persona chat i
         return self.cog.bot
 
     async def _active(self, interaction: discord.Interaction) -> tuple[ChannelSettings, Persona]:
+        channel = interaction.channel
+        parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
         async with self.bot.db.session() as session:
-            active = await channel_repo.active_persona(session, interaction.channel_id or 0)
-            if active is None and isinstance(interaction.channel, discord.Thread):
-                active = await channel_repo.active_persona(session, interaction.channel.parent_id or 0)
+            active = await channel_repo.effective_persona(session, interaction.channel_id or 0, parent_id)
         if active is None:
             raise CommandError("No persona is active in this channel. Start one with /persona use.")
         return active

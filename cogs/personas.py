@@ -342,16 +342,24 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
     async def off(self, interaction: discord.Interaction) -> None:
         await require_persona_manager(interaction)
         assert interaction.guild_id is not None and interaction.channel_id is not None
+        channel = interaction.channel
+        thread = isinstance(channel, discord.Thread)
+        parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
         async with self.bot.db.session() as session:
-            row = await channel_repo.get_channel(session, interaction.channel_id)
-            if row is None or row.persona_id is None:
-                raise CommandError("No persona is active in this channel.")
-            await channel_repo.set_active_persona(session, interaction.guild_id, interaction.channel_id, None)
+            active = await channel_repo.effective_persona(session, interaction.channel_id, parent_id)
+            if active is None:
+                raise CommandError(f"No persona is active in this {'thread' if thread else 'channel'}.")
+            # In a thread only the thread goes quiet: its parent channel (and other threads) keep the persona.
+            await channel_repo.switch_off(session, interaction.guild_id, interaction.channel_id, thread=thread)
             await mod_repo.audit(
                 session, interaction.guild_id, interaction.user.id, "persona.off", f"channel {interaction.channel_id}"
             )
         self.cog.channel_changed(interaction.channel_id)
-        await interaction.response.send_message("The persona is no longer active in this channel.", ephemeral=True)
+        if thread and active[0].channel_id != interaction.channel_id:
+            text = f"The persona is no longer active in this thread; <#{active[0].channel_id}> keeps it."
+        else:
+            text = f"The persona is no longer active in this {'thread' if thread else 'channel'}."
+        await interaction.response.send_message(text, ephemeral=True)
 
     # -- looking --
 
@@ -373,13 +381,9 @@ class PersonaGroup(app_commands.Group, name="persona", description="Set up the s
             persona = await self._get(interaction.guild_id, name)
         else:
             channel = interaction.channel
-            candidates = [interaction.channel_id or 0]
-            if isinstance(channel, discord.Thread) and channel.parent_id:
-                candidates.append(channel.parent_id)  # threads use their channel's persona
-            active = None
+            parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
             async with self.bot.db.session() as session:
-                for channel_id in candidates:
-                    active = active or await channel_repo.active_persona(session, channel_id)
+                active = await channel_repo.effective_persona(session, interaction.channel_id or 0, parent_id)
             if active is None:
                 raise CommandError("No persona is active here; name one: /persona show name:…")
             persona = active[1]

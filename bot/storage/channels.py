@@ -38,11 +38,34 @@ async def active_persona(session: AsyncSession, channel_id: int) -> tuple[Channe
     return row, persona
 
 
+async def effective_persona(
+    session: AsyncSession, channel_id: int, parent_id: int | None = None
+) -> tuple[ChannelSettings, Persona] | None:
+    """The persona that speaks in a channel or thread, with the settings it uses: the thread's own, else (unless it
+    was switched off in the thread) its parent channel's."""
+    own = await active_persona(session, channel_id)
+    if own is not None or parent_id is None:
+        return own
+    row = await session.get(ChannelSettings, channel_id)
+    if row is not None and row.persona_off:
+        return None
+    return await active_persona(session, parent_id)
+
+
+async def switch_off(session: AsyncSession, guild_id: int, channel_id: int, *, thread: bool) -> None:
+    """No persona here any more; in a thread, not the parent channel's either."""
+    row = await set_active_persona(session, guild_id, channel_id, None)
+    row.persona_off = thread
+    await session.flush()
+
+
 async def set_active_persona(
     session: AsyncSession, guild_id: int, channel_id: int, persona_id: int | None, *, scene_start: int | None = None
 ) -> ChannelSettings:
     """Switch the channel's persona; a switch starts a new scene (older messages leave the prompt)."""
     row = await ensure_channel(session, guild_id, channel_id)
+    if persona_id is not None:
+        row.persona_off = False
     if row.persona_id != persona_id:
         row.persona_id = persona_id
         row.greeting_index = 0

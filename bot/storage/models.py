@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -128,6 +129,8 @@ class ChannelSettings(Base):
     channel_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     guild_id: Mapped[int] = mapped_column(BigInteger, index=True)
     persona_id: Mapped[int | None] = mapped_column(ForeignKey("personas.id", ondelete="SET NULL"), index=True)
+    # A thread follows its parent channel's persona unless it has its own, or the persona was switched off in it.
+    persona_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     reply_mode: Mapped[ReplyMode] = mapped_column(
         Enum(ReplyMode, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e]),
         default=ReplyMode.MENTION,

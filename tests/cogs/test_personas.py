@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import sys
@@ -370,6 +371,33 @@ async def test_show_in_a_thread_shows_the_persona_of_its_channel(world: World) -
     thread = await world.emu.create_thread(world.lounge, "side room")
     show = await world.run("persona", "show", member=world.alice, channel=thread)
     assert show.embeds and show.embeds[0]["title"] == "Aria"
+
+
+async def test_persona_off_in_a_thread_quiets_only_that_thread(world: World) -> None:
+    await world.say("persona", "create", ARIA)
+    await world.say("persona", "use", {"name": "Aria"})
+    quiet = await world.emu.create_thread(world.lounge, "quiet room")
+    other = await world.emu.create_thread(world.lounge, "busy room")
+    await world.emu.user_message(quiet, world.alice, "Aria, are you here?")  # inherited: she answers in threads
+    await world.emu.wait_for_webhook_message(quiet)
+
+    text = await world.say("persona", "off", channel=quiet)
+    assert text == f"The persona is no longer active in this thread; <#{world.lounge.id}> keeps it."
+    assert await world.say("persona", "off", channel=quiet) == "No persona is active in this thread."
+    await world.emu.user_message(quiet, world.alice, "Aria, still here?")
+    await world.emu.user_message(other, world.alice, "Aria, and here?")  # the other thread and the channel keep her
+    await world.emu.wait_for_webhook_message(other)
+    await world.emu.user_message(world.lounge, world.alice, "Aria, in the lounge?")
+    await world.emu.wait_for_webhook_message(world.lounge)
+    await asyncio.sleep(0.2)
+    assert len([m for m in world.emu.messages_in(quiet) if m.source == "webhook"]) == 1
+
+    # A persona picked in the thread itself speaks there again.
+    assert (await world.say("persona", "use", {"name": "Aria"}, channel=quiet)).startswith("**Aria** is now active")
+    await world.emu.user_message(quiet, world.alice, "Aria, welcome back")
+    await world.emu.wait_until(
+        lambda: len([m for m in world.emu.messages_in(quiet) if m.source == "webhook"]) >= 2, "Aria back in the thread"
+    )
 
 
 async def test_show_fits_discords_embed_limits_with_the_longest_fields(world: World) -> None:
