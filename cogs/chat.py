@@ -39,7 +39,15 @@ from bot.storage import messages as msg_repo
 from bot.storage import moderation as mod_repo
 from bot.storage.database import describe_error, is_unavailable
 from bot.storage.messages import MessageRecord
-from bot.storage.models import ChannelSettings, GenerationStatus, MessageKind, Persona, ReplyMode, utcnow
+from bot.storage.models import (
+    ChannelSettings,
+    Generation,
+    GenerationStatus,
+    MessageKind,
+    Persona,
+    ReplyMode,
+    utcnow,
+)
 from cogs._buttons import ReplyButton, reply_view, retry_view
 from cogs._streaming import CURSOR, ReplyWriter
 from cogs._webhooks import NO_MENTIONS, MessageGone, PersonaPoster, Posted, Speaker
@@ -136,7 +144,7 @@ class ChatCog(commands.Cog):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
         self._backfilled = False
-        self._interrupted: list[tuple[int, int, int | None, int | None]] = []  # cut off by a crash
+        self._interrupted: list[Generation] = []  # replies (or changes to one) cut off by a crash
         self.history = HistoryCache()
         self.writer = StoreWriter(bot.db)
 
@@ -149,11 +157,7 @@ class ChatCog(commands.Cog):
         async with self.bot.db.session() as session:
             # Only this process's guilds: other shard processes on the same database may be mid-reply.
             owned = owned_guilds(self.bot.settings)
-            self._interrupted = [
-                (g.id, g.channel_id, g.trigger_message_id, g.persona_id)
-                for g in await gen_repo.unfinished(session)
-                if owned is None or owned(g.guild_id)
-            ]
+            self._interrupted = [g for g in await gen_repo.unfinished(session) if owned is None or owned(g.guild_id)]
             failed = await gen_repo.fail_unfinished(session, guilds=owned)
         if failed:
             log.warning("marked %d replies interrupted by the last shutdown as failed", failed)
@@ -326,8 +330,9 @@ class ChatCog(commands.Cog):
     async def _mark_interrupted(self) -> None:
         """A reply cut off by a crash left its half-written message with the typing cursor: say it was interrupted
         and offer Try again. Newest first, so each placeholder goes to the reply it belonged to."""
-        interrupted, self._interrupted = sorted(self._interrupted, reverse=True), []
-        for gen_id, channel_id, trigger_id, persona_id in interrupted:
+        interrupted, self._interrupted = sorted(self._interrupted, key=lambda g: g.id, reverse=True), []
+        for gen in interrupted:
+            gen_id, channel_id, trigger_id, persona_id = gen.id, gen.channel_id, gen.trigger_message_id, gen.persona_id
             channel = self.bot.get_channel(channel_id)
             if not isinstance(channel, discord.TextChannel | discord.Thread) or not (trigger_id and persona_id):
                 continue  # not this process's channel, or nothing to look for
@@ -336,6 +341,9 @@ class ChatCog(commands.Cog):
             if persona is None:
                 continue
             speaker = self._speaker(persona)
+            if gen.alternatives and gen.reply_message_ids:
+                await self._restore_reply(channel, gen, speaker)
+                continue
             notice = f"*({speaker.name} was interrupted by a restart. Press Try again.)*"
             after = discord.Object(trigger_id)
             try:
@@ -347,6 +355,26 @@ class ChatCog(commands.Cog):
                         await self.poster.edit(channel, posted, speaker, notice, view=retry_view(gen_id))
             except (discord.HTTPException, MessageGone) as exc:
                 log.warning("could not mark the interrupted reply in channel %s: %s", channel_id, exc)
+
+    async def _restore_reply(
+        self, channel: discord.TextChannel | discord.Thread, gen: Generation, speaker: Speaker
+    ) -> None:
+        """A Regenerate or Continue cut off by a crash left the recorded reply showing half a new version: show the
+        version it had (every version is kept) with its buttons, so Regenerate is one click away again."""
+        index = min(gen.selected_index, len(gen.alternatives) - 1)
+        stored = [await self.stored_message(channel.id, mid) for mid in gen.reply_message_ids]
+        known = [m for m in stored if m is not None]
+        parts = [Posted(m.id, channel.id, m.author_id != self.bot.user.id, m.author_id) for m in known]
+        writer = ReplyWriter(self.poster, channel, speaker, parts=parts, texts=[m.content for m in known])
+        try:
+            await writer.finish(gen.alternatives[index], reply_view(gen.id, index, len(gen.alternatives)))
+        except (discord.HTTPException, MessageGone) as exc:
+            log.warning("could not restore the interrupted reply in channel %s: %s", channel.id, exc)
+            return
+        async with self.bot.db.session() as session:
+            row = await gen_repo.get_generation(session, gen.id)
+            if row is not None:
+                row.status, row.error = GenerationStatus.DONE, None
 
     async def _backfill_all(self, shard_id: int | None = None) -> None:
         if self._interrupted:
@@ -1249,6 +1277,9 @@ class ChatCog(commands.Cog):
             user_name = getattr(user, "display_name", user.name)
             if action == "cont" and not alternatives:
                 return
+            # Marked running while it streams into the recorded reply: after a crash the restart shows the recorded
+            # version again instead of the half-written one.
+            await self._update_generation(gen_id, status=GenerationStatus.RUNNING)
             produced = await self._produce(
                 channel,
                 active,

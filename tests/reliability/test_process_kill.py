@@ -98,3 +98,68 @@ async def test_sigkill_mid_reply_then_restart(emulator: DiscordEmulator, tmp_pat
         if bot.process.returncode is None:
             await bot.kill()
         await db.close()
+
+
+async def test_sigkill_mid_regenerate_then_restart_shows_the_recorded_version(
+    emulator: DiscordEmulator, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    """A Regenerate streams into the recorded reply's own message. Killed half-way, the restart puts the recorded
+    version back, with its buttons, instead of leaving half a new one with its typing cursor."""
+    from tests.discord_emulator import models as m
+
+    guild = await emulator.create_guild("Tavern", channels=())
+    channel = await emulator.create_channel(guild, "roleplay", nsfw=True)
+    alice = await emulator.add_member(guild, "alice", nick="Alice")
+    mod = await emulator.add_member(guild, "mod", nick="Mod", permissions=m.MANAGE_CHANNELS)
+    path = tmp_path / "rpbot.sqlite3"
+    url = f"sqlite+aiosqlite:///{path}"
+    await upgrade_async(url)
+    db = Database(url)
+    async with db.session() as session:
+        persona = await persona_repo.create_persona(session, guild.id, "Seraphina", description="A forest guardian.")
+        await channel_repo.set_active_persona(session, guild.id, channel.id, persona.id)
+        await channel_repo.update_channel(session, guild.id, channel.id, sampler={"max_new_tokens": 16})
+    env = {"RPBOT_ENGINE": "llamacpp", "RPBOT_MODEL_PATH": str(tiny_gguf), "RPBOT_LLAMACPP_THREADS": "1"}
+    try:
+        bot = await start_bot(emulator, url, tmp_path, env=env)
+        await emulator.user_message(channel, alice, "Seraphina, hello.")
+        reply = await emulator.wait_until(
+            lambda: next((r for r in emulator.sent_messages(channel, source="webhook") if r.components), None),
+            "the first reply, final",
+            timeout=60,
+        )
+        recorded = reply.content
+        regen = next(
+            c["custom_id"] for row in reply.components for c in row["components"] if "regen" in c.get("custom_id", "")
+        )
+        # Long replies from now on (the command clears the bot's cached settings), so the kill lands mid-stream.
+        settings = await emulator.slash_command(channel, mod, "chat", {"max_new_tokens": 1500}, subcommand="settings")
+        await settings.wait_response()
+        click = await emulator.click_button(reply, regen, alice)
+        await click.wait_response()
+        await emulator.wait_until(
+            lambda: reply.content != recorded and reply.content.endswith("…"), "the regenerate streaming", timeout=30
+        )
+        await bot.kill()
+
+        bot = await start_bot(emulator, url, tmp_path, env=env, name="restarted")
+        await emulator.wait_until(
+            lambda: reply.content == recorded and reply.components,
+            "the recorded version back, with its buttons",
+            timeout=60,
+        )
+
+        async def done() -> Generation | None:
+            async with db.session() as session:
+                gen = (await session.scalars(select(Generation))).first()
+            return gen if gen is not None and gen.status is GenerationStatus.DONE else None
+
+        gen = await bot.until(done, "the reply recorded as done again")
+        assert gen.alternatives == [recorded] and gen.error is None
+        assert await bot.stop() == 0
+        assert not bot.errors(), bot.errors()[:10]
+        assert integrity_check(path) == "ok"
+    finally:
+        if bot.process.returncode is None:
+            await bot.kill()
+        await db.close()
