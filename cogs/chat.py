@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.chat.history import CachedMessage, HistoryCache, StoreWriter
 from bot.chat.names import mentions_name
@@ -356,16 +357,32 @@ class ChatCog(commands.Cog):
             except (discord.HTTPException, MessageGone) as exc:
                 log.warning("could not mark the interrupted reply in channel %s: %s", channel_id, exc)
 
+    def _as_posted(self, message: CachedMessage) -> Posted:
+        """A stored persona message as the poster addresses it (the bot's own author id means a fallback message)."""
+        return Posted(message.id, message.channel_id, message.author_id != self.bot.user.id, message.author_id)
+
+    async def _recorded_writer(
+        self, channel: discord.TextChannel | discord.Thread, gen: Generation, speaker: Speaker
+    ) -> ReplyWriter:
+        """A writer over the recorded reply's messages, to change them in place (none for a failed reply's notice:
+        it posts afresh)."""
+        stored = [m for mid in gen.reply_message_ids if (m := await self.stored_message(channel.id, mid)) is not None]
+        return ReplyWriter(
+            self.poster,
+            channel,
+            speaker,
+            interval=self.bot.settings.stream_edit_interval,
+            parts=[self._as_posted(m) for m in stored],
+            texts=[m.content for m in stored],
+        )
+
     async def _restore_reply(
         self, channel: discord.TextChannel | discord.Thread, gen: Generation, speaker: Speaker
     ) -> None:
         """A Regenerate or Continue cut off by a crash left the recorded reply showing half a new version: show the
         version it had (every version is kept) with its buttons, so Regenerate is one click away again."""
         index = min(gen.selected_index, len(gen.alternatives) - 1)
-        stored = [await self.stored_message(channel.id, mid) for mid in gen.reply_message_ids]
-        known = [m for m in stored if m is not None]
-        parts = [Posted(m.id, channel.id, m.author_id != self.bot.user.id, m.author_id) for m in known]
-        writer = ReplyWriter(self.poster, channel, speaker, parts=parts, texts=[m.content for m in known])
+        writer = await self._recorded_writer(channel, gen, speaker)
         try:
             await writer.finish(gen.alternatives[index], reply_view(gen.id, index, len(gen.alternatives)))
         except (discord.HTTPException, MessageGone) as exc:
@@ -1036,56 +1053,49 @@ class ChatCog(commands.Cog):
         ``new``: a reply just generated (not a regenerate or continue of a recorded one): written without reading."""
         records = self._persona_records(active, channel, posted, text)
         old_ids: list[int] = []
-        previous: tuple[int, Persona] | None = None
         ids = [p.id for p in posted]
-        known = self._with_buttons.get(channel.id)
-        if new:
-            async with self.bot.db.session() as session:
-                await gen_repo.record_new_reply(
-                    session, gen_id, ids, via_webhook=all(p.via_webhook for p in posted), **fields
-                )
-                if known is not None and known[0] < gen_id:
-                    prev = (known[1], known[2])
-                else:  # unknown since a restart, or a newer reply was recorded first: ask the database
-                    row = await gen_repo.previous_reply(session, channel.id, gen_id)
-                    ok = row is not None and row.reply_message_ids and row.persona_id is not None
-                    prev = (row.reply_message_ids[-1], row.persona_id) if ok else None  # type: ignore[union-attr]
-                if prev is not None:
-                    persona = active.persona if prev[1] == active.persona.id else await session.get(Persona, prev[1])
-                    previous = (prev[0], persona) if persona is not None else None
-            if ids and (known is None or known[0] < gen_id):
-                self._with_buttons[channel.id] = (gen_id, ids[-1], active.persona.id)
-            self._save(records)
-            return previous
+        via_webhook = all(p.via_webhook for p in posted)
         async with self.bot.db.session() as session:
-            row = await gen_repo.get_generation(session, gen_id)
-            if row is not None:
-                added = fields.pop("add_completion_tokens", 0)
-                for key, value in fields.items():
-                    setattr(row, key, value)
-                if added:
-                    row.completion_tokens = (row.completion_tokens or 0) + added
-                old_ids = [i for i in row.reply_message_ids if i not in {p.id for p in posted}]
-                row.reply_message_ids = [p.id for p in posted]
-                row.reply_message_id = posted[0].id if posted else None
-                row.sampler = {**(row.sampler or {}), "via_webhook": all(p.via_webhook for p in posted)}
-                prev = await gen_repo.previous_reply(session, channel.id, gen_id)
-                if prev is not None and prev.reply_message_ids and prev.persona_id is not None:
-                    # The active persona is already in memory; another one (switched since) is read here.
-                    persona = (
-                        active.persona
-                        if prev.persona_id == active.persona.id
-                        else await session.get(Persona, prev.persona_id)
-                    )
-                    if persona is not None:
-                        previous = (prev.reply_message_ids[-1], persona)
-        if known is not None and known[0] == gen_id and ids:
-            self._with_buttons[channel.id] = (gen_id, ids[-1], known[2])  # a regenerate may have split differently
+            if new:
+                await gen_repo.record_new_reply(session, gen_id, ids, via_webhook=via_webhook, **fields)
+            else:
+                row = await gen_repo.get_generation(session, gen_id)
+                if row is not None:
+                    added = fields.pop("add_completion_tokens", 0)
+                    for key, value in fields.items():
+                        setattr(row, key, value)
+                    if added:
+                        row.completion_tokens = (row.completion_tokens or 0) + added
+                    old_ids = [i for i in row.reply_message_ids if i not in set(ids)]
+                    row.reply_message_ids = ids
+                    row.reply_message_id = ids[0] if ids else None
+                    row.sampler = {**(row.sampler or {}), "via_webhook": via_webhook}
+            previous = await self._previous_with_buttons(session, channel.id, gen_id, active)
+        known = self._with_buttons.get(channel.id)
+        if ids and (known is None or known[0] <= gen_id):
+            # This reply now carries the buttons (a regenerate may also have split it differently).
+            self._with_buttons[channel.id] = (gen_id, ids[-1], active.persona.id)
         if old_ids:
             self.history.delete(channel.id, old_ids)
             self.writer.delete(old_ids)
         self._save(records)
         return previous
+
+    async def _previous_with_buttons(
+        self, session: AsyncSession, channel_id: int, gen_id: int, active: ActiveChannel
+    ) -> tuple[int, Persona] | None:
+        """The last message of the channel's reply before ``gen_id`` that still has buttons, and its persona."""
+        known = self._with_buttons.get(channel_id)
+        if known is not None and known[0] < gen_id:
+            last_id, persona_id = known[1], known[2]
+        else:  # unknown since a restart, or a newer reply was recorded first: ask the database
+            prev = await gen_repo.previous_reply(session, channel_id, gen_id)
+            if prev is None or not prev.reply_message_ids or prev.persona_id is None:
+                return None
+            last_id, persona_id = prev.reply_message_ids[-1], prev.persona_id
+        # The active persona is already in memory; another one (switched since) is read here.
+        persona = active.persona if persona_id == active.persona.id else await session.get(Persona, persona_id)
+        return (last_id, persona) if persona is not None else None
 
     def _persona_records(
         self, active: ActiveChannel, channel: discord.TextChannel | discord.Thread, posted: list[Posted], text: str
@@ -1117,7 +1127,7 @@ class ChatCog(commands.Cog):
         stored = await self.stored_message(channel.id, last_id)
         if stored is None:
             return
-        posted = Posted(last_id, channel.id, stored.author_id != self.bot.user.id, stored.author_id)
+        posted = self._as_posted(stored)
         try:
             await self.poster.edit(channel, posted, self._speaker(persona), stored.content, view=None)
         except Exception as exc:
@@ -1246,24 +1256,7 @@ class ChatCog(commands.Cog):
             gen = await gen_repo.get_generation(session, gen_id)
         if gen is None:
             return
-        stored = [await self.stored_message(channel.id, mid) for mid in gen.reply_message_ids]
-        parts = [
-            Posted(m.id, channel.id, m.author_id != self.bot.user.id, m.author_id) for m in stored if m is not None
-        ]
-        texts = [m.content for m in stored if m is not None]
-        writer = ReplyWriter(
-            self.poster,
-            channel,
-            self._speaker(active.persona),
-            interval=self.bot.settings.stream_edit_interval,
-            parts=parts,
-            texts=texts,
-        )
-        if not parts:
-            # A failed reply's notice: regenerate posts a fresh message.
-            writer = ReplyWriter(
-                self.poster, channel, self._speaker(active.persona), interval=self.bot.settings.stream_edit_interval
-            )
+        writer = await self._recorded_writer(channel, gen, self._speaker(active.persona))
         alternatives = list(gen.alternatives)
         index = gen.selected_index
         if action in ("prev", "next"):
@@ -1323,9 +1316,7 @@ class ChatCog(commands.Cog):
         stored = [await self.stored_message(channel.id, mid) for mid in gen.reply_message_ids]
         for m in stored:
             if m is not None:
-                await self.poster.delete(
-                    channel, Posted(m.id, channel.id, m.author_id != self.bot.user.id, m.author_id)
-                )
+                await self.poster.delete(channel, self._as_posted(m))
         if interaction.message is not None and interaction.message.id not in gen.reply_message_ids:
             await self.poster.delete(
                 channel,
@@ -1338,7 +1329,8 @@ class ChatCog(commands.Cog):
             )
         self.history.delete(channel.id, gen.reply_message_ids)
         self.writer.delete(gen.reply_message_ids)
-        if (self._with_buttons.get(channel.id) or (None,))[0] == gen.id:
+        known = self._with_buttons.get(channel.id)
+        if known is not None and known[0] == gen.id:
             del self._with_buttons[channel.id]  # the one before it lost its buttons long ago: nothing to strip now
         async with self.bot.db.session() as session:
             row = await gen_repo.get_generation(session, gen.id)
